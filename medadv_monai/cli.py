@@ -1,0 +1,127 @@
+"""The ``medadv`` command.
+
+::
+
+    medadv synth    --out DIR [--subjects 16 --shape "[96,96,64]" --seed 0]   synthetic BraTS 2021 NIfTI
+    medadv datalist --dataset_dir DIR --out FILE [--aliases auto --seed 0]    subject-level split, MONAI datalist
+    medadv cache    [--config FILE] [--dataset_dir DIR ...]                   build the slice cache of a bundle config
+    medadv stats    [--config FILE] [--out FILE] [--dataset_dir DIR ...]      subjects / slices / positives per split
+    medadv bench    --out FILE                                               benchmarks, as JSON and a table
+    medadv demo     --out DIR                                                the whole pipeline on synthetic data
+
+``cache`` and ``stats`` read a bundle config (default: the slice classifier's ``configs/train.yaml``); any other
+``--key value`` overrides that config id, as with ``python -m monai.bundle run``. Bad input ends with one line
+naming the file, key or value and what was expected, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medadv_monai.errors import MedAdvInputError, find_input_error
+
+__all__ = ["main", "load_bundle_config", "BUNDLES_DIR"]
+
+BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
+DEFAULT_CONFIG = BUNDLES_DIR / "brats_slice_classifier" / "configs" / "train.yaml"
+
+
+def load_bundle_config(config: str | Path | Sequence[str | Path] = DEFAULT_CONFIG, **overrides: Any) -> Any:
+    """Read a bundle config (or a list of them) with MONAI's ``ConfigParser``, apply overrides, return the parser.
+
+    ``bundle_root`` defaults to the folder above ``configs/`` so the bundle works from any directory.
+    """
+    from monai.bundle import ConfigParser
+
+    files = [config] if isinstance(config, (str, Path)) else list(config)
+    for f in files:
+        if not Path(f).is_file():
+            raise MedAdvInputError(f"config file {str(f)!r} does not exist")
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    parser["bundle_root"] = str(Path(files[0]).resolve().parents[1])
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser
+
+
+def _datasets(parser: Any) -> dict:
+    cache = parser.get_parsed_content("slice_cache")
+    datalist = parser.get_parsed_content("datalist")
+    return cache, datalist
+
+
+class Commands:
+    """medadv: adversarial stress tests for brain-tumour MRI models."""
+
+    def synth(self, out: str, subjects: int = 16, shape: Sequence[int] = (96, 96, 64), seed: int = 0,
+              tumour_fraction: float = 0.75, overwrite: bool = False) -> str:
+        """Write a synthetic BraTS 2021-layout dataset (four modalities + seg per subject) to OUT."""
+        from medadv_monai.data import make_synthetic_brats
+
+        dirs = make_synthetic_brats(out, subjects=subjects, shape=tuple(shape), seed=seed,
+                                    tumour_fraction=tumour_fraction, overwrite=overwrite)
+        return f"{len(dirs)} synthetic subjects in {out}"
+
+    def datalist(self, dataset_dir: str, out: str, aliases: Any = "auto",
+                 fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0) -> str:
+        """Scan DATASET_DIR (one folder per subject), split by subject and write a MONAI datalist JSON to OUT."""
+        from medadv_monai.data import build_datalist
+
+        dl = build_datalist(dataset_dir, out=out, aliases=aliases, fractions=fractions, seed=seed)
+        return f"{out}: " + ", ".join(f"{k} {len(v)}" for k, v in dl.items()) + " subjects"
+
+    def cache(self, config: str = str(DEFAULT_CONFIG), **overrides: Any) -> str:
+        """Build the slice cache of a bundle config by running its `slice_transforms` over every subject."""
+        cache, datalist = _datasets(load_bundle_config(config, **overrides))
+        figures = cache.build([i for items in datalist.values() for i in items], progress=True)
+        return f"slice cache {cache.path}: " + json.dumps(figures)
+
+    def stats(self, config: str = str(DEFAULT_CONFIG), out: str | None = None, **overrides: Any) -> str:
+        """Subjects, slices, positive and negative slices per split (builds the cache if needed)."""
+        from medadv_monai.data import format_statistics, split_statistics
+        from medadv_monai.utils import save_json
+
+        parser = load_bundle_config(config, **overrides)
+        cache, datalist = _datasets(parser)
+        rows = split_statistics(cache.datasets(datalist, modalities=parser["modalities"]))
+        if out:
+            save_json(rows, out)
+        return format_statistics(rows)
+
+    def bench(self, out: str = "bench_out/bench.json", quick: bool = False) -> str:
+        """Run the project's benchmarks, write them to OUT as JSON and print a table."""
+        from medadv_monai.bench import format_bench, run_benchmarks
+
+        return format_bench(run_benchmarks(out, quick=quick))
+
+    def demo(self, out: str = "demo_out", dataset_dir: str | None = None, redo: bool = False) -> str:
+        """Run the pipeline end to end on synthetic data (or DATASET_DIR) and write OUT/report.md."""
+        from medadv_monai.demo import run_demo
+
+        return str(run_demo(out, dataset_dir=dataset_dir, redo=redo))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medadv`` console command."""
+    import fire
+
+    try:
+        fire.Fire(Commands, command=list(sys.argv[1:] if argv is None else argv), name="medadv")  # prints results
+    except Exception as e:  # noqa: BLE001 - turn input errors into one line; keep tracebacks for bugs
+        err = find_input_error(e)
+        if err is None:
+            raise
+        print(f"medadv: error: {err}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # fire exits on usage errors
+        return int(e.code or 0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""Slice cache: run the config's slice transform chain once per subject and keep the slices as ``.npy`` shards.
+
+The chain in the bundle config stays the one place that says how a slice is made; the cache only runs it and
+stores every slice's four modalities, tumour mask and label, so a bundle picks its input channels with a
+``modalities`` list and never rebuilds for a modality swap.
+
+Layout::
+
+    <cache_dir>/<chain fingerprint>/
+        chain.json                      what the fingerprint was computed from (for people)
+        <subject>-<files fingerprint>/  one shard per subject, written atomically
+            images.npy                  (S, 4, H, W) float32, channels in MODALITIES order
+            mask.npy                    (S, 1, H, W) uint8 tumour mask
+            slices.json                 subject, slice_index, label, nonzero_fraction per slice
+
+The chain fingerprint is a hash of the chain's classes and settings (every transform's attributes), so editing
+any setting that shapes a slice (size, percentiles, labels, thresholds, reader, ...) selects a new folder and the
+cache is rebuilt. A subject's shard is keyed by its files' paths, sizes and modification times as well, so a
+changed file is rebuilt and nothing else. Reads are memory-mapped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import enum
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medadv_monai.data.datalist import MODALITIES
+from medadv_monai.errors import MedAdvInputError, find_input_error
+from medadv_monai.utils import atomic_dir, save_json
+
+__all__ = ["CACHE_FORMAT", "SliceCache", "SliceDataset", "transform_fingerprint"]
+
+CACHE_FORMAT = 1
+_SKIP_ATTRS = {"R"}  # random state: not a setting
+
+
+def _describe(obj: Any, depth: int = 0, seen: set[int] | None = None) -> Any:
+    """A JSON-able description of ``obj``'s settings: primitives as they are, objects as class + attributes."""
+    seen = set() if seen is None else seen
+    if isinstance(obj, (bool, int, float, str, type(None))):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        arr = obj.detach().cpu().numpy() if isinstance(obj, torch.Tensor) else obj
+        return {"array": hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:16], "shape": arr.shape}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
+        return [_describe(o, depth + 1, seen) for o in items]
+    if isinstance(obj, Mapping):
+        return {str(k): _describe(v, depth + 1, seen) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    kind = type(obj)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    if isinstance(obj, type) or callable(obj) and not hasattr(obj, "__dict__"):
+        return getattr(obj, "__qualname__", name)
+    if id(obj) in seen or depth > 6 or not hasattr(obj, "__dict__"):
+        return name
+    seen.add(id(obj))
+    attrs = {k: _describe(v, depth + 1, seen) for k, v in sorted(vars(obj).items()) if k not in _SKIP_ATTRS}
+    return {"class": name, **attrs}
+
+
+def transform_fingerprint(transform: Callable) -> tuple[str, Any]:
+    """Fingerprint of a transform chain: ``(sha256 hex, description)`` of its classes and settings."""
+    description = {"format": CACHE_FORMAT, "chain": _describe(transform)}
+    text = json.dumps(description, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest(), description
+
+
+def _files_fingerprint(item: Mapping[str, Any], keys: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for key in keys:
+        path = Path(str(item[key]))
+        try:
+            st = path.stat()
+        except OSError as e:
+            raise MedAdvInputError(f"{path}: cannot read {key!r} of subject {item.get('subject')!r} ({e})") from e
+        h.update(f"{key}={path.resolve()}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:12]
+
+
+class SliceCache:
+    """Builds and reads the slice cache of one transform chain.
+
+    Args:
+        cache_dir: root folder; each chain gets its own sub-folder named by its fingerprint.
+        transform: the chain that turns a datalist entry into a list of slice dicts (a MONAI ``Compose``).
+        image_keys: modality keys the chain outputs, stored as channels in this order.
+        mask_key: tumour mask key the chain outputs.
+        label_key: slice label key the chain outputs.
+        file_keys: datalist keys whose files feed the chain (their stats key each subject's shard).
+        num_workers: processes used to build (default: all cores).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike,
+        transform: Callable,
+        image_keys: Sequence[str] = MODALITIES,
+        mask_key: str = "mask",
+        label_key: str = "label",
+        file_keys: Sequence[str] = (*MODALITIES, "seg"),
+        num_workers: int | None = None,
+    ) -> None:
+        self.transform = transform
+        self.image_keys = tuple(image_keys)
+        self.mask_key, self.label_key = mask_key, label_key
+        self.file_keys = tuple(file_keys)
+        self.num_workers = num_workers or os.cpu_count() or 1
+        self.fingerprint, self.description = transform_fingerprint(transform)
+        self.path = Path(cache_dir) / self.fingerprint[:16]
+
+    # ------------------------------------------------------------------ build
+    def shard_dir(self, item: Mapping[str, Any]) -> Path:
+        """The shard folder of a datalist entry (depends on the chain and on the subject's files)."""
+        return self.path / f"{item['subject']}-{_files_fingerprint(item, self.file_keys)}"
+
+    def missing(self, items: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """Entries whose shard is not built yet."""
+        return [item for item in items if not (self.shard_dir(item) / "slices.json").is_file()]
+
+    def build(self, items: Sequence[Mapping[str, Any]], progress: bool = False) -> dict[str, Any]:
+        """Build the shards of ``items`` that are missing, in parallel; return timing figures.
+
+        Raises:
+            MedAdvInputError: the first bad subject found (nothing half-written is left behind).
+        """
+        todo = self.missing(items)
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not (self.path / "chain.json").is_file():
+            save_json(self.description, self.path / "chain.json")
+        start = time.perf_counter()
+        results: list[dict[str, Any]] = []
+        jobs = [(self, item, self.shard_dir(item)) for item in todo]
+        bar = _progress(len(jobs), "slice cache") if progress and jobs else None
+        if self.num_workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                results.append(_build_shard(*job))
+                bar and bar.update(1)
+        else:
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+            workers = min(self.num_workers, len(jobs))
+            with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+                futures = [pool.submit(_build_shard, *job) for job in jobs]
+                try:
+                    for fut in cf.as_completed(futures):
+                        results.append(fut.result())
+                        bar and bar.update(1)
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+        bar and bar.close()
+        seconds = time.perf_counter() - start
+        return {
+            "subjects_built": len(results),
+            "subjects_cached": len(items) - len(results),
+            "slices_built": sum(r["slices"] for r in results),
+            "seconds": seconds,
+            "seconds_per_subject": seconds / len(results) if results else 0.0,
+        }
+
+    def run_chain(self, item: Mapping[str, Any]) -> dict[str, np.ndarray | list]:
+        """Run the chain on one datalist entry and stack its slices into arrays."""
+        try:
+            slices = self.transform(dict(item))
+        except Exception as e:  # noqa: BLE001 - MONAI wraps transform errors; surface ours
+            err = find_input_error(e)
+            if err is not None:
+                raise MedAdvInputError(str(err)) from None
+            raise
+        if isinstance(slices, Mapping):
+            slices = [slices]
+        need = (*self.image_keys, self.mask_key, self.label_key)
+        images, masks, labels, index, fraction = [], [], [], [], []
+        for s in slices:
+            missing = [k for k in need if k not in s]
+            if missing:
+                raise MedAdvInputError(
+                    f"subject {item.get('subject')!r}: the slice transform chain produced no {missing}; "
+                    f"it must output {list(need)} per slice"
+                )
+            images.append(torch.cat([torch.as_tensor(s[k]).float() for k in self.image_keys]).numpy())
+            masks.append(torch.as_tensor(s[self.mask_key]).to(torch.uint8).numpy())
+            labels.append(int(torch.as_tensor(s[self.label_key]).reshape(-1)[0]))
+            index.append(int(s.get("slice_index", len(index))))
+            fraction.append(float(s.get("nonzero_fraction", float("nan"))))
+        c = len(self.image_keys)
+        return {
+            "images": np.stack(images).astype(np.float32) if images else np.zeros((0, c, 0, 0), np.float32),
+            "mask": np.stack(masks).astype(np.uint8) if masks else np.zeros((0, 1, 0, 0), np.uint8),
+            "label": labels,
+            "slice_index": index,
+            "nonzero_fraction": fraction,
+        }
+
+    # ------------------------------------------------------------------ read
+    def dataset(
+        self,
+        items: Sequence[Mapping[str, Any]],
+        modalities: Sequence[str] = ("t2",),
+        transform: Callable | None = None,
+        build: bool = True,
+    ) -> SliceDataset:
+        """A dataset over the cached slices of ``items`` with the chosen ``modalities`` as channels.
+
+        Builds missing shards first unless ``build`` is False (then a missing shard is an error).
+        """
+        if build:
+            self.build(items)
+        elif self.missing(items):
+            raise MedAdvInputError(f"slice cache {self.path}: subjects {[i['subject'] for i in self.missing(items)]} "
+                                   "are not built; run `medadv cache` first")
+        return SliceDataset([self.shard_dir(item) for item in items], modalities, self.image_keys, transform)
+
+    def datasets(self, datalist: Mapping[str, Sequence[Mapping[str, Any]]], **kwargs: Any) -> dict[str, SliceDataset]:
+        """One :meth:`dataset` per split of a datalist (one parallel build for all of them)."""
+        self.build([item for items in datalist.values() for item in items])
+        return {name: self.dataset(items, build=False, **kwargs) for name, items in datalist.items()}
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _build_shard(cache: SliceCache, item: Mapping[str, Any], shard: Path) -> dict[str, Any]:
+    start = time.perf_counter()
+    arrays = cache.run_chain(item)
+    with atomic_dir(shard) as tmp:
+        np.save(tmp / "images.npy", arrays["images"])
+        np.save(tmp / "mask.npy", arrays["mask"])
+        meta = {k: arrays[k] for k in ("label", "slice_index", "nonzero_fraction")}
+        save_json({"subject": item["subject"], **meta}, tmp / "slices.json")
+    return {"subject": item["subject"], "slices": len(arrays["label"]), "seconds": time.perf_counter() - start}
+
+
+def _progress(total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="subject")
+
+
+class SliceDataset(torch.utils.data.Dataset):
+    """Cached slices as MONAI-style dicts: ``image`` (C, H, W) float32 with the chosen modalities, ``mask``
+    (1, H, W) float32 tumour mask, ``label`` (1,) float32, ``subject`` and ``slice_index``.
+
+    Args:
+        shards: shard folders written by :class:`SliceCache`.
+        modalities: channels to return, by name (e.g. ``["t2"]`` or ``["t1ce", "flair"]``).
+        stored: the modality order in the shards.
+        transform: optional MONAI transform applied to each dict (e.g. augmentation).
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[Path],
+        modalities: Sequence[str] = ("t2",),
+        stored: Sequence[str] = MODALITIES,
+        transform: Callable | None = None,
+    ) -> None:
+        modalities = [modalities] if isinstance(modalities, str) else list(modalities)
+        unknown = [m for m in modalities if m not in stored]
+        if not modalities or unknown:
+            raise MedAdvInputError(f"modalities {modalities}: unknown {unknown or 'none given'}; "
+                                   f"expected a non-empty list from {list(stored)}")
+        self.modalities = modalities
+        self.channels = [list(stored).index(m) for m in modalities]
+        self.transform = transform
+        self._images, self._masks, self._meta = [], [], []
+        index: list[tuple[int, int]] = []
+        for shard in shards:
+            meta = json.loads((Path(shard) / "slices.json").read_text())
+            if not meta["label"]:
+                continue
+            s = len(self._meta)
+            self._images.append(np.load(Path(shard) / "images.npy", mmap_mode="r"))
+            self._masks.append(np.load(Path(shard) / "mask.npy", mmap_mode="r"))
+            self._meta.append(meta)
+            index += [(s, r) for r in range(len(meta["label"]))]
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Slice labels in dataset order (for class weights and statistics)."""
+        return np.array([self._meta[s]["label"][r] for s, r in self.index], dtype=np.int64)
+
+    @property
+    def subjects(self) -> list[str]:
+        """Subject ids that have at least one slice."""
+        return [m["subject"] for m in self._meta]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s, r = self.index[i]
+        meta = self._meta[s]
+        item = {
+            "image": torch.from_numpy(np.ascontiguousarray(self._images[s][r, self.channels])),
+            "mask": torch.from_numpy(self._masks[s][r].astype(np.float32)),
+            "label": torch.tensor([float(meta["label"][r])]),
+            "subject": meta["subject"],
+            "slice_index": meta["slice_index"][r],
+        }
+        return self.transform(item) if self.transform is not None else item

@@ -1,0 +1,321 @@
+"""MONAI transforms for the BraTS slice pipeline: volumes in, labelled axial slices out.
+
+A bundle config chains them with MONAI's own transforms (see ``bundles/brats_slice_classifier/configs``)::
+
+    LoadVolumesd -> ValidateVolumesd -> RobustScaleIntensityd -> TumourMaskd
+        -> Resized (modalities, in-plane) -> Resized (mask, area) -> AsDiscreted (mask > 0)
+        -> ExtractAxialSlicesd -> SliceLabeld
+
+Volumes are resized in-plane (``spatial_size: [H, W, -1]``) before slicing: one resize per volume instead of one
+per slice. ``ExtractAxialSlicesd`` turns one subject dict into a list of slice dicts; MONAI's ``Compose`` applies
+every later transform to each slice. Array transforms do the work and ``...d`` transforms only walk ``keys``, as in MONAI.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import LoadImaged, MapTransform, Transform
+
+from medadv_monai.errors import MedAdvInputError
+
+__all__ = [
+    "LoadVolumesd",
+    "ValidateVolumesd",
+    "RobustScaleIntensity",
+    "RobustScaleIntensityd",
+    "TumourMask",
+    "TumourMaskd",
+    "ExtractAxialSlicesd",
+    "SliceLabeld",
+    "source_name",
+]
+
+
+def source_name(img: Any, default: str = "<array>") -> str:
+    """The file an image was loaded from (MONAI keeps it in ``meta['filename_or_obj']``), for error messages."""
+    meta = getattr(img, "meta", None) or {}
+    return str(meta.get("filename_or_obj", default))
+
+
+class LoadVolumesd(LoadImaged):
+    """``LoadImaged`` that reports an unreadable or truncated file as one clear error naming the file.
+
+    Always ``image_only`` and channel-first; ``reader`` is any MONAI reader name, e.g. ``"NibabelReader"`` or
+    ``"ITKReader"``.
+    """
+
+    def __init__(self, keys: KeysCollection, reader: str | None = "NibabelReader", **kwargs: Any) -> None:
+        kwargs.update(image_only=True, ensure_channel_first=True)
+        super().__init__(keys, reader=reader, **kwargs)
+
+    def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            try:
+                d[key] = self._loader(d[key], reader)
+            except Exception as e:  # noqa: BLE001 - every reader failure becomes one clear message
+                raise MedAdvInputError(
+                    f"{d[key]}: cannot read {key!r} as a NIfTI volume ({type(e).__name__}: {e}); "
+                    "the file may be truncated or not an image"
+                ) from e
+        return d
+
+
+class ValidateVolumesd(MapTransform):
+    """Check loaded volumes before any work is done on them.
+
+    Checks that every key has the same spatial shape, that voxels are finite, that no modality is all zero, and
+    that the segmentation holds only ``allowed_labels``. Each failure raises :class:`MedAdvInputError` naming the
+    file and what was expected. The data pass through unchanged.
+
+    Args:
+        keys: image keys (modalities and seg).
+        seg_key: the segmentation key, checked for labels instead of emptiness.
+        allowed_labels: the labels a segmentation may hold (BraTS: 0, 1, 2, 4).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        seg_key: str | None = "seg",
+        allowed_labels: Sequence[int] = (0, 1, 2, 4),
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.seg_key = seg_key
+        self.allowed_labels = tuple(int(v) for v in allowed_labels)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        ref_key, ref_shape = None, None
+        for key in self.key_iterator(d):
+            img = d[key]
+            name = source_name(img)
+            shape = tuple(img.shape[1:])
+            if ref_shape is None:
+                ref_key, ref_shape = key, shape
+            elif shape != ref_shape:
+                raise MedAdvInputError(
+                    f"{name}: {key!r} has shape {shape} but {ref_key!r} ({source_name(d[ref_key])}) has {ref_shape}; "
+                    "all modalities and the seg of a subject must share one grid"
+                )
+            arr = torch.as_tensor(img)
+            if key == self.seg_key:
+                self._check_labels(arr, name)
+                continue
+            bad = (~torch.isfinite(arr)).sum().item()
+            if bad:
+                raise MedAdvInputError(f"{name}: {bad} NaN or Inf voxel(s) in {key!r}; expected finite intensities")
+            if not bool(arr.any()):
+                raise MedAdvInputError(f"{name}: {key!r} is all zero; expected a brain volume")
+        return d
+
+    def _check_labels(self, seg: torch.Tensor, name: str) -> None:
+        if not bool(torch.isfinite(seg).all()):
+            raise MedAdvInputError(f"{name}: NaN or Inf in the segmentation; expected integer labels")
+        labels = torch.unique(seg).tolist()
+        extra = sorted({float(v) for v in labels} - {float(v) for v in self.allowed_labels})
+        if extra:
+            raise MedAdvInputError(
+                f"{name}: segmentation labels {[_num(v) for v in extra]} are outside the configured set "
+                f"{list(self.allowed_labels)}"
+            )
+
+
+def _num(v: float) -> int | float:
+    return int(v) if float(v).is_integer() else v
+
+
+class RobustScaleIntensity(Transform):
+    """Robust per-channel scaling to [0, 1] with percentiles of the non-zero voxels; background stays 0.
+
+    For each channel with non-zero voxels ``B``: ``y = clip((x - p_lower) / (p_upper - p_lower), 0, 1)`` on ``B``
+    and ``y = 0`` elsewhere, where ``p_q`` is the q-th percentile of ``x[B]``. A channel whose percentiles
+    coincide is mapped to 1 on ``B``.
+
+    Args:
+        lower: lower percentile (default 1).
+        upper: upper percentile (default 99).
+    """
+
+    def __init__(self, lower: float = 1.0, upper: float = 99.0) -> None:
+        if not 0 <= lower < upper <= 100:
+            raise MedAdvInputError(f"percentiles lower={lower}, upper={upper}: expected 0 <= lower < upper <= 100")
+        self.lower, self.upper = float(lower), float(upper)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(torch.as_tensor(img), dtype=torch.float32)
+        for c in range(img.shape[0]):
+            x = torch.as_tensor(img[c]).float()
+            fg = x != 0
+            if not bool(fg.any()):
+                continue
+            lo, hi = np.percentile(x[fg].numpy(), [self.lower, self.upper])
+            scaled = (x - lo) / (hi - lo) if hi > lo else torch.ones_like(x)
+            out[c] = torch.where(fg, scaled.clamp(0, 1), torch.zeros_like(x))
+        if isinstance(img, MetaTensor):
+            out = MetaTensor(out, meta=img.meta)
+        return out
+
+
+class RobustScaleIntensityd(MapTransform):
+    """Dictionary wrapper of :class:`RobustScaleIntensity`."""
+
+    def __init__(
+        self, keys: KeysCollection, lower: float = 1.0, upper: float = 99.0, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.scaler = RobustScaleIntensity(lower, upper)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.scaler(d[key])
+        return d
+
+
+class TumourMask(Transform):
+    """Binary tumour mask from a label map: ``1`` where the label is in ``labels`` (``None``: any non-zero label)."""
+
+    def __init__(self, labels: Sequence[int] | None = None) -> None:
+        self.labels = None if labels is None else tuple(int(v) for v in labels)
+
+    def __call__(self, seg: torch.Tensor) -> torch.Tensor:
+        seg_t = torch.as_tensor(seg)
+        if self.labels is None:
+            mask = seg_t != 0
+        else:
+            mask = torch.isin(seg_t, torch.tensor(self.labels, dtype=seg_t.dtype))
+        out = mask.to(torch.uint8)
+        return MetaTensor(out, meta=seg.meta) if isinstance(seg, MetaTensor) else out
+
+
+class TumourMaskd(MapTransform):
+    """Dictionary wrapper of :class:`TumourMask`: reads ``keys`` (the seg) and writes ``output_key``."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        labels: Sequence[int] | None = None,
+        output_key: str = "mask",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise MedAdvInputError(f"TumourMaskd: expected one seg key, got {list(self.keys)}")
+        self.masker = TumourMask(labels)
+        self.output_key = output_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.output_key] = self.masker(d[key])
+        return d
+
+
+class ExtractAxialSlicesd(MapTransform):
+    """Cut a subject's volumes into axial slices: one dict in, a list of slice dicts out.
+
+    Each output dict holds, for every key, the slice ``(C, H, W)`` as a plain tensor, plus ``slice_index`` and
+    ``nonzero_fraction``; every other entry of the input (``subject``, file paths) is copied. Slices whose fraction
+    of non-zero pixels (any of ``reference_keys``) is under ``empty_threshold`` are background and dropped.
+
+    Optionally at most ``max_positive`` tumour slices and ``max_negative`` tumour-free slices are kept per
+    subject, drawn at random with a generator seeded from ``(seed, subject)`` so the choice is the same whatever
+    order or process the subjects are handled in. Kept slices stay in slice order.
+
+    Args:
+        keys: the keys to slice (modalities and the tumour mask).
+        mask_key: tumour mask key, used to tell positive from negative slices for the caps.
+        reference_keys: keys whose non-zero pixels count as brain (default: all keys but ``mask_key``).
+        empty_threshold: minimum non-zero fraction of a kept slice (default 0.001).
+        axis: spatial axis to slice along (default -1, the axial axis of BraTS volumes).
+        max_positive: cap on tumour slices per subject (``None``: no cap).
+        max_negative: cap on tumour-free slices per subject (``None``: no cap).
+        subject_key: entry that identifies the subject for the cap's generator.
+        seed: seed of the cap's generator.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mask_key: str = "mask",
+        reference_keys: KeysCollection | None = None,
+        empty_threshold: float = 0.001,
+        axis: int = -1,
+        max_positive: int | None = None,
+        max_negative: int | None = None,
+        subject_key: str = "subject",
+        seed: int = 0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if not 0 <= empty_threshold < 1:
+            raise MedAdvInputError(f"empty_threshold={empty_threshold}: expected a fraction in [0, 1)")
+        for name, cap in (("max_positive", max_positive), ("max_negative", max_negative)):
+            if cap is not None and cap < 0:
+                raise MedAdvInputError(f"{name}={cap}: expected a non-negative count or None")
+        self.mask_key = mask_key
+        self.reference_keys = (
+            tuple(k for k in self.keys if k != mask_key) if reference_keys is None else tuple(reference_keys)
+        )
+        self.empty_threshold = float(empty_threshold)
+        self.axis = axis
+        self.max_positive, self.max_negative = max_positive, max_negative
+        self.subject_key, self.seed = subject_key, int(seed)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        vols = {k: torch.as_tensor(d[k]).movedim(self._axis(d[k]), 0) for k in keys}  # (S, C, H, W)
+        brain = torch.stack([vols[k].ne(0).any(dim=1) for k in self.reference_keys]).any(dim=0)  # (S, H, W)
+        fraction = brain.flatten(1).float().mean(dim=1)
+        keep = (fraction >= self.empty_threshold).nonzero().flatten().tolist()
+        if self.mask_key in vols:
+            keep = self._cap(keep, vols[self.mask_key].flatten(1).any(dim=1), str(d.get(self.subject_key, "")))
+        others = {k: v for k, v in d.items() if k not in vols}
+        return [
+            {**others, **{k: v[z].clone() for k, v in vols.items()}, "slice_index": z,
+             "nonzero_fraction": float(fraction[z])}
+            for z in keep
+        ]
+
+    def _axis(self, img: torch.Tensor) -> int:
+        spatial = img.ndim - 1
+        if spatial != 3 or not -3 <= self.axis < 3:
+            raise MedAdvInputError(f"ExtractAxialSlicesd: expected (C, X, Y, Z) volumes and axis in [-3, 2], "
+                                   f"got shape {tuple(img.shape)} and axis {self.axis}")
+        return 1 + (self.axis % 3)
+
+    def _cap(self, keep: list[int], positive: torch.Tensor, subject: str) -> list[int]:
+        if self.max_positive is None and self.max_negative is None:
+            return keep
+        rng = np.random.default_rng([self.seed, zlib.crc32(subject.encode())])
+        chosen: list[int] = []
+        for want_pos, cap in ((True, self.max_positive), (False, self.max_negative)):
+            group = [z for z in keep if bool(positive[z]) == want_pos]
+            if cap is not None and len(group) > cap:
+                group = rng.choice(group, size=cap, replace=False).tolist()
+            chosen += group
+        return sorted(chosen)
+
+
+class SliceLabeld(MapTransform):
+    """Write the slice label: 1 if the tumour mask under ``keys`` is non-empty, else 0 (as a float tensor ``(1,)``)."""
+
+    def __init__(self, keys: KeysCollection = "mask", label_key: str = "label", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.label_key = label_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.label_key] = torch.tensor([float(bool(torch.as_tensor(d[key]).any()))])
+        return d

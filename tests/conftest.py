@@ -1,0 +1,46 @@
+"""Shared fixtures: one tiny synthetic BraTS dataset and its slice cache per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSIFIER_TRAIN = REPO / "bundles" / "brats_slice_classifier" / "configs" / "train.yaml"
+REAL_SAMPLE = Path(os.environ.get("MEDADV_REAL_SAMPLE", REPO.parent / "shared" / "data" / "real_sample"))
+
+TINY_SHAPE = (40, 40, 20)
+TINY_SUBJECTS = 8
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """Eight tiny synthetic BraTS 2021 subjects (read-only: copy before damaging)."""
+    from medadv_monai.data import make_synthetic_brats
+
+    root = tmp_path_factory.mktemp("synth") / "brats"
+    make_synthetic_brats(root, subjects=TINY_SUBJECTS, shape=TINY_SHAPE, seed=0)
+    return root
+
+
+def classifier_config(dataset_dir: Path, work_dir: Path, **overrides):
+    """The classifier bundle's config pointed at ``dataset_dir``, writing under ``work_dir``, 32x32 slices."""
+    from medadv_monai.cli import load_bundle_config
+
+    settings = {"dataset_dir": str(dataset_dir), "work_dir": str(work_dir), "image_size": [32, 32]}
+    settings.update(overrides)
+    return load_bundle_config(CLASSIFIER_TRAIN, **settings)
+
+
+@pytest.fixture(scope="session")
+def synth_config(synth_dir, tmp_path_factory):
+    """Parser of the classifier config on ``synth_dir`` with its cache built."""
+    parser = classifier_config(synth_dir, tmp_path_factory.mktemp("work"))
+    cache, datalist = parser.get_parsed_content("slice_cache"), parser.get_parsed_content("datalist")
+    cache.build([i for items in datalist.values() for i in items])
+    return parser
