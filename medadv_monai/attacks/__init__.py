@@ -1,0 +1,65 @@
+"""Gradient-sign adversarial attacks with per-voxel budget masks, and their MONAI wrappers.
+
+Attacks (one small module each, all thin loops over :mod:`medadv_monai.attacks._core`):
+:func:`fgsm`, :func:`bim`, :func:`pgd`, :func:`mifgsm`. Look them up by name with :func:`get_attack` or run
+them with the default budget via :func:`run_attack`. MONAI integration: :class:`AdversarialPerturb`,
+:class:`AdversarialPerturbd` (transforms), :class:`AdversarialInferer` and :class:`PrepareAttackBatch`
+(engines). :func:`bench_pgd` times PGD against plain forward+backward passes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from medadv_monai.attacks.bim import bim
+from medadv_monai.attacks.fgsm import fgsm
+from medadv_monai.attacks.mifgsm import mifgsm
+from medadv_monai.attacks.pgd import pgd
+from medadv_monai.attacks.registry import (
+    ATTACKS,
+    attack_kwargs,
+    available_attacks,
+    default_alpha,
+    get_attack,
+    run_attack,
+)
+
+# The MONAI wrappers and the benchmark import lazily (PEP 562), so ``import medadv_monai.attacks`` stays light.
+_LAZY = {
+    "AdversarialInferer": "medadv_monai.attacks.inferer",
+    "PrepareAttackBatch": "medadv_monai.attacks.inferer",
+    "AdversarialPerturb": "medadv_monai.attacks.transforms",
+    "AdversarialPerturbd": "medadv_monai.attacks.transforms",
+    "bench_pgd": "medadv_monai.attacks.bench",
+}
+
+__all__ = [
+    "ATTACKS",
+    "AdversarialInferer",
+    "AdversarialPerturb",
+    "AdversarialPerturbd",
+    "PrepareAttackBatch",
+    "attack_kwargs",
+    "available_attacks",
+    "bench_pgd",
+    "bim",
+    "default_alpha",
+    "fgsm",
+    "get_attack",
+    "mifgsm",
+    "pgd",
+    "run_attack",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,110 @@
+"""Attack lookup by name and a one-call runner with the project's default budget.
+
+Defaults (filled in only for the parameters an attack takes): ``eps = 8/255``,
+``alpha = max(eps / 4, 1/255)`` (element-wise for a per-sample ``eps``), ``steps = 10``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping
+
+import torch
+
+from medadv_monai.attacks.bim import bim
+from medadv_monai.attacks.fgsm import fgsm
+from medadv_monai.attacks.mifgsm import mifgsm
+from medadv_monai.attacks.pgd import pgd
+from medadv_monai.errors import MedAdvInputError
+
+__all__ = [
+    "ATTACKS",
+    "DEFAULT_EPS",
+    "DEFAULT_STEPS",
+    "available_attacks",
+    "default_alpha",
+    "get_attack",
+    "attack_kwargs",
+    "run_attack",
+]
+
+AttackFn = Callable[..., torch.Tensor]
+
+ATTACKS: Mapping[str, AttackFn] = {"fgsm": fgsm, "bim": bim, "pgd": pgd, "mifgsm": mifgsm}
+"""Canonical name -> attack function."""
+
+_ALIASES = {"ifgsm": "bim", "mi": "mifgsm", "mim": "mifgsm"}
+
+DEFAULT_EPS = 8 / 255
+DEFAULT_STEPS = 10
+
+
+def available_attacks() -> list[str]:
+    """The canonical attack names, sorted."""
+    return sorted(ATTACKS)
+
+
+def _canonical(name: str) -> str:
+    if not isinstance(name, str):
+        raise MedAdvInputError(f"attack name must be a string, one of {available_attacks()}, got {name!r}")
+    key = name.strip().lower().replace("-", "").replace("_", "")
+    key = _ALIASES.get(key, key)
+    if key not in ATTACKS:
+        raise MedAdvInputError(f"unknown attack {name!r}; expected one of {available_attacks()}")
+    return key
+
+
+def get_attack(name: str) -> AttackFn:
+    """Return the attack function for ``name`` (case-insensitive; ``-``/``_`` ignored; ``i-fgsm`` = ``bim``).
+
+    Raises:
+        MedAdvInputError: for an unknown name.
+    """
+    return ATTACKS[_canonical(name)]
+
+
+def default_alpha(eps: float | torch.Tensor) -> float | torch.Tensor:
+    r"""Default step size :math:`\alpha = \max(\epsilon / 4, 1/255)` (element-wise for a tensor ``eps``)."""
+    if isinstance(eps, torch.Tensor):
+        return torch.clamp(eps / 4, min=1 / 255)
+    return max(float(eps) / 4, 1 / 255)
+
+
+def attack_kwargs(name: str, **kwargs: Any) -> dict[str, Any]:
+    """Check ``kwargs`` against attack ``name``'s signature and fill in the defaults it takes.
+
+    Raises:
+        MedAdvInputError: for an unknown attack or a keyword the attack does not take.
+    """
+    key = _canonical(name)
+    params = inspect.signature(ATTACKS[key]).parameters
+    accepted = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise MedAdvInputError(f"attack {key!r} does not take {unknown}; it accepts {accepted}")
+    out = dict(kwargs)
+    out.setdefault("eps", DEFAULT_EPS)
+    if "alpha" in params:
+        out.setdefault("alpha", default_alpha(out["eps"]))
+    if "steps" in params:
+        out.setdefault("steps", DEFAULT_STEPS)
+    return out
+
+
+def run_attack(name: str, model: Callable[[torch.Tensor], Any], x: torch.Tensor, y: Any, **kwargs: Any) -> torch.Tensor:
+    """Run attack ``name`` on ``(x, y)`` with the registry defaults for anything not given.
+
+    Example:
+        >>> x_adv = run_attack("pgd", model, x, y, eps=4 / 255, mask=tumour_mask)  # doctest: +SKIP
+
+    Args:
+        name: ``"fgsm"``, ``"bim"``, ``"pgd"`` or ``"mifgsm"`` (see :func:`get_attack`).
+        model: the model to attack (used as given).
+        x: inputs in ``[0, 1]``, ``(N, C, *spatial)``.
+        y: labels, or targets with ``targeted=True``.
+        kwargs: keyword arguments of the attack; ``eps``, ``alpha`` and ``steps`` default as described above.
+
+    Returns:
+        The adversarial batch (detached, ``x``'s dtype and device).
+    """
+    return ATTACKS[_canonical(name)](model, x, y, **attack_kwargs(name, **kwargs))
