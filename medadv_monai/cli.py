@@ -58,10 +58,16 @@ def _datasets(parser: Any) -> dict:
 class Commands:
     """medadv: adversarial stress tests for brain-tumour MRI models."""
 
-    def synth(self, out: str, subjects: int = 16, shape: Sequence[int] = (96, 96, 64), seed: int = 0,
+    def synth(self, out: str, subjects: int | None = None, shape: Sequence[int] | None = None, seed: int = 0,
               tumour_fraction: float = 0.75, overwrite: bool = False) -> str:
-        """Write a synthetic BraTS 2021-layout dataset (four modalities + seg per subject) to OUT."""
-        from medadv_monai.data import make_synthetic_brats
+        """Write a synthetic BraTS 2021-layout dataset (four modalities + seg per subject) to OUT.
+
+        Defaults: 40 subjects of 64x64x48 voxels (the demo's dataset).
+        """
+        from medadv_monai.data.synthetic import DEFAULT_SHAPE, DEFAULT_SUBJECTS, make_synthetic_brats
+
+        subjects = DEFAULT_SUBJECTS if subjects is None else subjects
+        shape = DEFAULT_SHAPE if shape is None else shape
 
         dirs = make_synthetic_brats(out, subjects=subjects, shape=tuple(shape), seed=seed,
                                     tumour_fraction=tumour_fraction, overwrite=overwrite)

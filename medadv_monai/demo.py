@@ -45,8 +45,8 @@ def run_demo(
     out: str | Path = "demo_out",
     dataset_dir: str | Path | None = None,
     redo: bool = False,
-    subjects: int = 16,
-    shape: tuple[int, int, int] = (96, 96, 64),
+    subjects: int | None = None,
+    shape: tuple[int, int, int] | None = None,
 ) -> Path:
     """Run the demo into ``out`` and return the path of ``out/report.md``.
 
@@ -54,8 +54,8 @@ def run_demo(
         out: output folder (data, work files, report).
         dataset_dir: a BraTS 2021 folder to use instead of synthetic data.
         redo: run every step again even if it finished before.
-        subjects: number of synthetic subjects.
-        shape: synthetic volume shape (x, y, z).
+        subjects: number of synthetic subjects (default: the generator's, 40).
+        shape: synthetic volume shape (x, y, z) (default: the generator's, 64x64x48).
     """
     from medadv_monai.cli import load_bundle_config
     from medadv_monai.data import format_statistics, make_synthetic_brats, split_statistics
@@ -64,7 +64,8 @@ def run_demo(
     steps = _Steps(out, redo)
     if dataset_dir is None:
         dataset_dir = out / "data" / "synthetic_brats"
-        steps("synthetic_data", lambda: len(make_synthetic_brats(dataset_dir, subjects=subjects, shape=shape)))
+        synth_args = {k: v for k, v in {"subjects": subjects, "shape": shape}.items() if v is not None}
+        steps("synthetic_data", lambda: len(make_synthetic_brats(dataset_dir, **synth_args)))
     overrides = {"dataset_dir": str(dataset_dir), "work_dir": str(out / "work")}
     parser = load_bundle_config(**overrides)
 

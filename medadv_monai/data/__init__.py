@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from medadv_monai.data.cache import CACHE_FORMAT, SliceCache, SliceDataset, transform_fingerprint
+from medadv_monai.data.cache import (
+    CACHE_FORMAT,
+    LoadCachedSliced,
+    SliceCache,
+    SliceDataset,
+    pos_weight,
+    transform_fingerprint,
+)
 from medadv_monai.data.datalist import (
     BUILTIN_ALIASES,
     MODALITIES,
@@ -35,6 +42,7 @@ __all__ = [
     "SEG_KEY",
     "SPLITS",
     "ExtractAxialSlicesd",
+    "LoadCachedSliced",
     "LoadVolumesd",
     "RobustScaleIntensity",
     "RobustScaleIntensityd",
@@ -50,6 +58,7 @@ __all__ = [
     "format_statistics",
     "load_datalist",
     "make_synthetic_brats",
+    "pos_weight",
     "resolve_aliases",
     "split_statistics",
     "split_subjects",

@@ -34,12 +34,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import Dataset
+from monai.transforms import Compose, Transform
 
 from medadv_monai.data.datalist import MODALITIES
 from medadv_monai.errors import MedAdvInputError, find_input_error
 from medadv_monai.utils import atomic_dir, save_json
 
-__all__ = ["CACHE_FORMAT", "SliceCache", "SliceDataset", "transform_fingerprint"]
+__all__ = ["CACHE_FORMAT", "LoadCachedSliced", "SliceCache", "SliceDataset", "pos_weight", "transform_fingerprint"]
 
 CACHE_FORMAT = 1
 _SKIP_ATTRS = {"R"}  # random state: not a setting
@@ -208,6 +210,27 @@ class SliceCache:
         }
 
     # ------------------------------------------------------------------ read
+    def slices(self, items: Sequence[Mapping[str, Any]], build: bool = True) -> list[dict[str, Any]]:
+        """A MONAI datalist of the cached slices of ``items``: ``{subject, slice_index, label, shard, row}`` each.
+
+        Builds missing shards first unless ``build`` is False (then a missing shard is an error). The entries are
+        read by :class:`LoadCachedSliced`.
+        """
+        if build:
+            self.build(items)
+        elif self.missing(items):
+            raise MedAdvInputError(f"slice cache {self.path}: subjects {[i['subject'] for i in self.missing(items)]} "
+                                   "are not built; run `medadv cache` first")
+        out = []
+        for item in items:
+            shard = self.shard_dir(item)
+            meta = json.loads((shard / "slices.json").read_text())
+            out += [
+                {"subject": meta["subject"], "slice_index": z, "label": lab, "shard": str(shard), "row": r}
+                for r, (z, lab) in enumerate(zip(meta["slice_index"], meta["label"]))
+            ]
+        return out
+
     def dataset(
         self,
         items: Sequence[Mapping[str, Any]],
@@ -215,16 +238,8 @@ class SliceCache:
         transform: Callable | None = None,
         build: bool = True,
     ) -> SliceDataset:
-        """A dataset over the cached slices of ``items`` with the chosen ``modalities`` as channels.
-
-        Builds missing shards first unless ``build`` is False (then a missing shard is an error).
-        """
-        if build:
-            self.build(items)
-        elif self.missing(items):
-            raise MedAdvInputError(f"slice cache {self.path}: subjects {[i['subject'] for i in self.missing(items)]} "
-                                   "are not built; run `medadv cache` first")
-        return SliceDataset([self.shard_dir(item) for item in items], modalities, self.image_keys, transform)
+        """A dataset over the cached slices of ``items`` with the chosen ``modalities`` as channels."""
+        return SliceDataset(self.slices(items, build=build), modalities, self.image_keys, transform)
 
     def datasets(self, datalist: Mapping[str, Sequence[Mapping[str, Any]]], **kwargs: Any) -> dict[str, SliceDataset]:
         """One :meth:`dataset` per split of a datalist (one parallel build for all of them)."""
@@ -253,24 +268,18 @@ def _progress(total: int, desc: str) -> Any:
     return tqdm(total=total, desc=desc, unit="subject")
 
 
-class SliceDataset(torch.utils.data.Dataset):
-    """Cached slices as MONAI-style dicts: ``image`` (C, H, W) float32 with the chosen modalities, ``mask``
-    (1, H, W) float32 tumour mask, ``label`` (1,) float32, ``subject`` and ``slice_index``.
+class LoadCachedSliced(Transform):
+    """Read a cached slice named by a :meth:`SliceCache.slices` entry (``shard``, ``row``).
+
+    Adds ``image`` (C, H, W) float32 with the chosen ``modalities`` as channels, ``mask`` (1, H, W) float32 tumour
+    mask and ``label`` (1,) float32. Shards are memory-mapped once per process and kept open.
 
     Args:
-        shards: shard folders written by :class:`SliceCache`.
-        modalities: channels to return, by name (e.g. ``["t2"]`` or ``["t1ce", "flair"]``).
+        modalities: channels, by name (e.g. ``["t2"]`` or ``["t1ce", "flair"]``).
         stored: the modality order in the shards.
-        transform: optional MONAI transform applied to each dict (e.g. augmentation).
     """
 
-    def __init__(
-        self,
-        shards: Sequence[Path],
-        modalities: Sequence[str] = ("t2",),
-        stored: Sequence[str] = MODALITIES,
-        transform: Callable | None = None,
-    ) -> None:
+    def __init__(self, modalities: Sequence[str] = ("t2",), stored: Sequence[str] = MODALITIES) -> None:
         modalities = [modalities] if isinstance(modalities, str) else list(modalities)
         unknown = [m for m in modalities if m not in stored]
         if not modalities or unknown:
@@ -278,41 +287,60 @@ class SliceDataset(torch.utils.data.Dataset):
                                    f"expected a non-empty list from {list(stored)}")
         self.modalities = modalities
         self.channels = [list(stored).index(m) for m in modalities]
-        self.transform = transform
-        self._images, self._masks, self._meta = [], [], []
-        index: list[tuple[int, int]] = []
-        for shard in shards:
-            meta = json.loads((Path(shard) / "slices.json").read_text())
-            if not meta["label"]:
-                continue
-            s = len(self._meta)
-            self._images.append(np.load(Path(shard) / "images.npy", mmap_mode="r"))
-            self._masks.append(np.load(Path(shard) / "mask.npy", mmap_mode="r"))
-            self._meta.append(meta)
-            index += [(s, r) for r in range(len(meta["label"]))]
-        self.index = index
+        self._open: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    def __len__(self) -> int:
-        return len(self.index)
+    def _arrays(self, shard: str) -> tuple[np.ndarray, np.ndarray]:
+        if shard not in self._open:
+            self._open[shard] = (np.load(Path(shard) / "images.npy", mmap_mode="r"),
+                                 np.load(Path(shard) / "mask.npy", mmap_mode="r"))
+        return self._open[shard]
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        images, masks = self._arrays(d["shard"])
+        row = d["row"]
+        d["image"] = torch.from_numpy(np.ascontiguousarray(images[row, self.channels]))
+        d["mask"] = torch.from_numpy(masks[row].astype(np.float32))
+        d["label"] = torch.tensor([float(d["label"])])
+        return d
+
+
+class SliceDataset(Dataset):
+    """A MONAI ``Dataset`` of cached slices: :class:`LoadCachedSliced` then an optional ``transform``.
+
+    Args:
+        data: entries from :meth:`SliceCache.slices`.
+        modalities: channels to return, by name.
+        stored: the modality order in the shards.
+        transform: MONAI transform applied after loading (e.g. augmentation).
+    """
+
+    def __init__(
+        self,
+        data: Sequence[Mapping[str, Any]],
+        modalities: Sequence[str] = ("t2",),
+        stored: Sequence[str] = MODALITIES,
+        transform: Callable | None = None,
+    ) -> None:
+        loader = LoadCachedSliced(modalities, stored)
+        super().__init__(list(data), Compose([loader, transform]) if transform is not None else loader)
+        self.modalities = loader.modalities
 
     @property
     def labels(self) -> np.ndarray:
         """Slice labels in dataset order (for class weights and statistics)."""
-        return np.array([self._meta[s]["label"][r] for s, r in self.index], dtype=np.int64)
+        return np.array([d["label"] for d in self.data], dtype=np.int64)
 
     @property
     def subjects(self) -> list[str]:
-        """Subject ids that have at least one slice."""
-        return [m["subject"] for m in self._meta]
+        """Subject ids that have at least one slice, in order."""
+        return list(dict.fromkeys(d["subject"] for d in self.data))
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        s, r = self.index[i]
-        meta = self._meta[s]
-        item = {
-            "image": torch.from_numpy(np.ascontiguousarray(self._images[s][r, self.channels])),
-            "mask": torch.from_numpy(self._masks[s][r].astype(np.float32)),
-            "label": torch.tensor([float(meta["label"][r])]),
-            "subject": meta["subject"],
-            "slice_index": meta["slice_index"][r],
-        }
-        return self.transform(item) if self.transform is not None else item
+
+def pos_weight(data: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+    """``BCEWithLogitsLoss`` ``pos_weight`` for a slice datalist: negatives / positives, as a (1,) tensor."""
+    labels = [int(d["label"]) for d in data]
+    pos = sum(labels)
+    if pos == 0:
+        raise MedAdvInputError("the training split has no tumour slice; a tumour classifier needs positives")
+    return torch.tensor([(len(labels) - pos) / pos], dtype=torch.float32)

@@ -66,6 +66,8 @@ from medadv_monai.errors import MedAdvInputError
 from medadv_monai.utils import atomic_dir
 
 __all__ = [
+    "DEFAULT_SHAPE",
+    "DEFAULT_SUBJECTS",
     "MODALITIES",
     "SEG_LABELS",
     "TISSUE_MEANS",
@@ -82,6 +84,10 @@ SEG_LABELS: tuple[int, ...] = (0, 1, 2, 4)
 MIN_BRAIN_INTENSITY = 1.0
 """Smallest value a brain voxel may take, so that ``image > 0`` is exactly the brain mask."""
 MIN_DIM = 8
+# The demo's dataset: enough subjects that a 70/15/15 split validates on several tumour subjects, at the
+# classifier's in-plane size so no resampling is needed. 240x240x155 (BraTS) works too.
+DEFAULT_SUBJECTS = 40
+DEFAULT_SHAPE: tuple[int, int, int] = (64, 64, 48)
 """Smallest allowed size of each volume axis."""
 
 TISSUE_MEANS: dict[str, dict[str, float]] = {
@@ -376,7 +382,7 @@ def _render(
 
 def synthetic_subject(
     index: int,
-    shape: Sequence[int] = (96, 96, 64),
+    shape: Sequence[int] = DEFAULT_SHAPE,
     seed: int = 0,
     tumour_fraction: float = 0.75,
     noise: float = 0.03,
@@ -425,8 +431,8 @@ def _save(array: np.ndarray, path: Path) -> None:
 
 def make_synthetic_brats(
     out_dir: str | os.PathLike,
-    subjects: int = 16,
-    shape: Sequence[int] = (96, 96, 64),
+    subjects: int = DEFAULT_SUBJECTS,
+    shape: Sequence[int] = DEFAULT_SHAPE,
     seed: int = 0,
     tumour_fraction: float = 0.75,
     noise: float = 0.03,
