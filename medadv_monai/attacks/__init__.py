@@ -1,7 +1,7 @@
 """Gradient-sign adversarial attacks with per-voxel budget masks, and their MONAI wrappers.
 
 Attacks (one small module each, all thin loops over :mod:`medadv_monai.attacks._core`):
-:func:`fgsm`, :func:`bim`, :func:`pgd`, :func:`mifgsm`. Look them up by name with :func:`get_attack` or run
+:func:`fgsm`, :func:`bim`, :func:`pgd`, :func:`mifgsm`, and :func:`advgan` (a trained generator, one pass). Look them up by name with :func:`get_attack` or run
 them with the default budget via :func:`run_attack`. MONAI integration: :class:`AdversarialPerturb`,
 :class:`AdversarialPerturbd` (transforms), :class:`AdversarialInferer` and :class:`PrepareAttackBatch`
 (engines). :func:`bench_pgd` times PGD against plain forward+backward passes.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from medadv_monai.attacks.advgan import advgan, advgan_delta, apply_delta
 from medadv_monai.attacks.bim import bim
 from medadv_monai.attacks.fgsm import fgsm
 from medadv_monai.attacks.mifgsm import mifgsm
@@ -40,6 +41,9 @@ __all__ = [
     "AdversarialPerturb",
     "AdversarialPerturbd",
     "PrepareAttackBatch",
+    "advgan",
+    "advgan_delta",
+    "apply_delta",
     "attack_kwargs",
     "available_attacks",
     "bench_pgd",

@@ -33,6 +33,7 @@ __all__ = [
     "LossFn",
     "AttackSetup",
     "prepare",
+    "check_budget",
     "check_alpha",
     "check_steps",
     "check_decay",
@@ -251,32 +252,11 @@ def _check_labels(y: Any, n: int, x: torch.Tensor) -> tuple[torch.Tensor, tuple[
     return t, (float(lo), float(hi), None if not bad else float(bad_v))
 
 
-def prepare(
-    model: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
-    y: Any,
-    *,
-    eps: Any,
-    targeted: bool,
-    mask: Any,
-    loss_fn: LossFn | None,
-) -> AttackSetup:
-    """Validate the common inputs once and precompute the feasible box.
+def check_budget(x: torch.Tensor, eps: Any, mask: Any) -> tuple[torch.Tensor, float | torch.Tensor]:
+    """Validate ``x`` in [0, 1], ``eps`` in [0, 1] and ``mask`` in [0, 1] broadcastable to ``x``.
 
-    Args:
-        model: callable ``(N, C, *S) -> (N, K)`` logits (or anything ``loss_fn`` accepts).
-        x: inputs in ``[0, 1]``, shape ``(N, C, H, W)`` or ``(N, C, D, H, W)``.
-        y: labels (or targets when ``targeted``).
-        eps: float or per-sample ``(N,)`` tensor in ``[0, 1]``.
-        targeted: descend the loss towards ``y`` instead of ascending it away from ``y``.
-        mask: ``None`` (all ones) or values in ``[0, 1]`` broadcastable to ``x``.
-        loss_fn: optional ``loss_fn(output, y) -> (N,)``.
-
-    Returns:
-        An :class:`AttackSetup` with :math:`lo = \\max(x - \\epsilon m, 0)` and :math:`hi = \\min(x + \\epsilon m, 1)`.
-
-    Raises:
-        MedAdvInputError: on any invalid value; the message names it and what was expected.
+    Returns the plain detached ``x`` and the per-voxel budget :math:`\\epsilon m` (a float when there is no mask
+    and ``eps`` is a float). Every attack, AdvGAN included, validates its budget here.
     """
     if not isinstance(x, torch.Tensor):
         raise MedAdvInputError(f"x must be a torch.Tensor of shape (N, C, *spatial), got {type(x).__name__}")
@@ -288,12 +268,6 @@ def prepare(
         raise MedAdvInputError(f"x must be a floating-point tensor with values in [0, 1], got dtype {x.dtype}")
     if x.numel() == 0:
         raise MedAdvInputError(f"x must not be empty, got shape {tuple(x.shape)}")
-    if not isinstance(targeted, (bool, numbers.Integral)) and type(targeted).__name__ != "bool_":
-        raise MedAdvInputError(f"targeted must be a bool, got {targeted!r}")
-    if loss_fn is not None and not callable(loss_fn):
-        raise MedAdvInputError(f"loss_fn must be callable (output, target) -> (N,) loss, got {type(loss_fn).__name__}")
-    if not callable(model):
-        raise MedAdvInputError(f"model must be callable, got {type(model).__name__}")
     x = _as_plain(x)
     n = x.shape[0]
 
@@ -335,6 +309,45 @@ def prepare(
                 + (" and NaNs" if m_nan else "")
             )
         budget = m * e
+
+    return x, budget
+
+
+def prepare(
+    model: Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    y: Any,
+    *,
+    eps: Any,
+    targeted: bool,
+    mask: Any,
+    loss_fn: LossFn | None,
+) -> AttackSetup:
+    """Validate the common inputs once and precompute the feasible box.
+
+    Args:
+        model: callable ``(N, C, *S) -> (N, K)`` logits (or anything ``loss_fn`` accepts).
+        x: inputs in ``[0, 1]``, shape ``(N, C, H, W)`` or ``(N, C, D, H, W)``.
+        y: labels (or targets when ``targeted``).
+        eps: float or per-sample ``(N,)`` tensor in ``[0, 1]``.
+        targeted: descend the loss towards ``y`` instead of ascending it away from ``y``.
+        mask: ``None`` (all ones) or values in ``[0, 1]`` broadcastable to ``x``.
+        loss_fn: optional ``loss_fn(output, y) -> (N,)``.
+
+    Returns:
+        An :class:`AttackSetup` with :math:`lo = \\max(x - \\epsilon m, 0)` and :math:`hi = \\min(x + \\epsilon m, 1)`.
+
+    Raises:
+        MedAdvInputError: on any invalid value; the message names it and what was expected.
+    """
+    if not isinstance(targeted, (bool, numbers.Integral)) and type(targeted).__name__ != "bool_":
+        raise MedAdvInputError(f"targeted must be a bool, got {targeted!r}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise MedAdvInputError(f"loss_fn must be callable (output, target) -> (N,) loss, got {type(loss_fn).__name__}")
+    if not callable(model):
+        raise MedAdvInputError(f"model must be callable, got {type(model).__name__}")
+    x, budget = check_budget(x, eps, mask)
+    n = x.shape[0]
 
     # The feasible box: projection onto the eps-ball and the [0, 1] clip become one clamp per step.
     lo = torch.sub(x, budget).clamp_min_(0.0)  # in place: two allocations, not four

@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from medadv_monai.attacks.advgan import advgan
 from medadv_monai.attacks.bim import bim
 from medadv_monai.attacks.fgsm import fgsm
 from medadv_monai.attacks.mifgsm import mifgsm
@@ -30,7 +31,7 @@ __all__ = [
 
 AttackFn = Callable[..., torch.Tensor]
 
-ATTACKS: Mapping[str, AttackFn] = {"fgsm": fgsm, "bim": bim, "pgd": pgd, "mifgsm": mifgsm}
+ATTACKS: Mapping[str, AttackFn] = {"fgsm": fgsm, "bim": bim, "pgd": pgd, "mifgsm": mifgsm, "advgan": advgan}
 """Canonical name -> attack function."""
 
 _ALIASES = {"ifgsm": "bim", "mi": "mifgsm", "mim": "mifgsm"}
