@@ -44,3 +44,33 @@ def synth_config(synth_dir, tmp_path_factory):
     cache, datalist = parser.get_parsed_content("slice_cache"), parser.get_parsed_content("datalist")
     cache.build([i for items in datalist.values() for i in items])
     return parser
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(synth_dir, tmp_path_factory):
+    """A copy of the classifier bundle trained for 4 epochs on ``synth_dir`` (32x32 slices) via ConfigWorkflow.
+
+    Returns the bundle folder: ``models/model.pt`` is the trained model, ``work/`` its datalist and slice cache.
+    """
+    import shutil
+
+    from monai.bundle import ConfigWorkflow
+
+    bundle = tmp_path_factory.mktemp("trained") / "brats_slice_classifier"
+    shutil.copytree(CLASSIFIER_TRAIN.parents[1], bundle, ignore=shutil.ignore_patterns("models", "eval", "work"))
+    wf = ConfigWorkflow(
+        config_file=str(bundle / "configs" / "train.yaml"),
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        workflow_type="train",
+        bundle_root=str(bundle),
+        dataset_dir=str(synth_dir),
+        work_dir=str(bundle / "work"),
+        image_size=[32, 32],
+        batch_size=16,
+        **{"train#trainer#max_epochs": 4},
+    )
+    wf.initialize()
+    assert not wf.check_properties()
+    wf.run()
+    wf.finalize()
+    return bundle

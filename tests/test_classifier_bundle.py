@@ -51,16 +51,9 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.Comple
 
 
 @pytest.fixture(scope="module")
-def trained(synth_dir, tmp_path_factory):
-    """The bundle trained for 2 epochs through ConfigWorkflow."""
-    bundle = bundle_copy(tmp_path_factory.mktemp("cls") / "brats_slice_classifier")
-    wf = workflow(bundle, ["train.yaml"], "train",
-                  **overrides(synth_dir, bundle / "work", **{"train#trainer#max_epochs": 2}))
-    wf.initialize()
-    assert not wf.check_properties()
-    wf.run()
-    wf.finalize()
-    return bundle
+def trained(trained_classifier):
+    """The bundle trained through ConfigWorkflow (shared with other test modules)."""
+    return trained_classifier
 
 
 def test_train_writes_checkpoints_and_tensorboard(trained):
@@ -68,9 +61,9 @@ def test_train_writes_checkpoints_and_tensorboard(trained):
     state = torch.load(models / "model.pt", weights_only=True)
     net = SliceClassifier(in_channels=1)
     net.load_state_dict(state)  # the best model is a plain state dict of the configured network
-    last = torch.load(models / "checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)
+    last = torch.load(models / "checkpoints" / "checkpoint_epoch=4.pt", weights_only=True)
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(last)
-    assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"]
+    assert last["trainer"]["iteration"] == 4 * last["trainer"]["epoch_length"]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -80,7 +73,7 @@ def test_train_writes_checkpoints_and_tensorboard(trained):
     tags = set(acc.Tags()["scalars"])
     assert {"train_loss", "val_auc", "val_acc", "val_sensitivity", "val_specificity"} <= tags
     aucs = [e.value for e in acc.Scalars("val_auc")]
-    assert len(aucs) == 2 and all(0 <= a <= 1 for a in aucs)
+    assert len(aucs) == 4 and all(0 <= a <= 1 for a in aucs)
     losses = [e.value for e in acc.Scalars("train_loss")]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert acc.Tags()["images"]  # TensorBoardImageHandler wrote the validation images

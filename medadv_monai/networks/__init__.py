@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from medadv_monai.networks.classifier import SliceClassifier
+from medadv_monai.networks.io import load_checkpoint, load_weights
 
-__all__ = ["SliceClassifier"]
+__all__ = ["SliceClassifier", "load_checkpoint", "load_weights"]

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "atomic_dir", "save_json", "save_text", "torch_save"]
+__all__ = ["atomic_path", "atomic_dir", "save_csv", "save_json", "save_text", "torch_save"]
 
 
 @contextlib.contextmanager
@@ -77,6 +77,20 @@ def save_text(text: str, path: str | os.PathLike) -> Path:
 def save_json(obj: Any, path: str | os.PathLike, indent: int = 2) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically and return the path."""
     return save_text(json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n", path)
+
+
+def save_csv(rows: list[dict[str, Any]], path: str | os.PathLike, columns: list[str] | None = None) -> Path:
+    """Write dict rows as CSV to ``path`` atomically (columns: ``columns`` or the union of keys in order)."""
+    import csv
+    import io
+
+    if columns is None:
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return save_text(buf.getvalue(), path)
 
 
 def torch_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -1,1 +1,24 @@
-"""visualize."""
+"""Image grids, plots, the Grad-CAM figure and the markdown report of an evaluation."""
+
+from __future__ import annotations
+
+from medadv_monai.visualize.figures import (
+    adversarial_grid,
+    gradcam_figure,
+    plot_asr_by_coverage,
+    plot_ranking,
+    plot_robust_accuracy,
+    save_grid,
+)
+from medadv_monai.visualize.report import markdown_table, write_html
+
+__all__ = [
+    "adversarial_grid",
+    "gradcam_figure",
+    "markdown_table",
+    "plot_asr_by_coverage",
+    "plot_ranking",
+    "plot_robust_accuracy",
+    "save_grid",
+    "write_html",
+]

@@ -1,0 +1,256 @@
+"""Walk an attack grid: one :class:`~medadv_monai.engines.attack_eval.AttackEvaluator` run per cell, then the
+tables, figures and report of stage 3.
+
+Outputs in ``output_dir``:
+
+- ``per_sample.csv``: one row per cell and slice (outcomes and perturbation metrics);
+- ``summary.json`` / ``summary.csv``: one row per cell (clean and robust accuracy, ASR, mean metrics);
+- ``coverage.csv``: ASR by coverage bin for every attacked cell with a mask;
+- ``figures/``: robust accuracy against eps, ASR against coverage, image grids, Grad-CAM;
+- ``report.md`` and ``report.html``; ``cells/<cell>.json``: each finished cell, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import DataLoader, Dataset
+from monai.handlers import StatsHandler
+from monai.transforms import Compose
+
+from medadv_monai.engines.attack_eval import CLEAN, AttackCell, AttackEvaluator, PerSampleRecorder
+from medadv_monai.errors import MedAdvInputError
+from medadv_monai.metrics import coverage_bins
+from medadv_monai.utils import save_csv, save_json, save_text
+from medadv_monai.visualize import (
+    adversarial_grid,
+    gradcam_figure,
+    markdown_table,
+    plot_asr_by_coverage,
+    plot_robust_accuracy,
+    save_grid,
+    write_html,
+)
+
+__all__ = ["DEFAULT_COVERAGE_EDGES", "SUMMARY_COLUMNS", "AttackGridRunner"]
+
+DEFAULT_COVERAGE_EDGES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
+SUMMARY_COLUMNS = ["cell", "attack", "eps_255", "mask", "targeted", "n", "n_attackable", "clean_acc", "robust_acc",
+                   "asr", "asr_all", "targeted_success", "mean_l0", "mean_l2", "mean_linf", "mean_tv", "mean_ssim",
+                   "mean_coverage", "mean_area"]
+
+
+class _Examples:
+    """Keep the first ``n`` samples of a cell (tumour slices first) for its image grid."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.batch = n, None
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.ITERATION_COMPLETED(once=1), self)
+
+    def __call__(self, engine: Any) -> None:
+        out = engine.state.output
+        order = torch.argsort(out["label"].reshape(-1).float(), descending=True, stable=True)[: self.n]
+        mask = out["attack_mask"]
+        self.batch = (out["image"][order], out["adv"][order], None if mask is None else mask.expand(
+            len(out["image"]), *mask.shape[1:])[order])
+
+
+class AttackGridRunner:
+    """Run every cell of a grid on the slices of one split and write the stage-3 outputs.
+
+    Args:
+        cells: the grid (:func:`~medadv_monai.engines.attack_eval.expand_grid`).
+        network: the classifier under attack (used in eval mode, never trained).
+        data: slice datalist entries (``SliceCache.slices``).
+        preprocessing: transform that loads a slice (``LoadCachedSliced``).
+        masks: mask name -> transform that adds ``attack_mask`` (``AttackMaskd``); each cell's mask name picks one.
+        device: where to run.
+        output_dir: where to write (see the module docstring).
+        batch_size: slices per batch.
+        summary_writer: TensorBoard writer for scalars (robust accuracy and ASR against eps) and image grids.
+        image_samples: samples per image grid.
+        grid_cells: which cells get a PNG grid in the report: ``"max_eps"`` (the largest budget of each attack and
+            mask) or ``"all"``.
+        gradcam_layer: layer of the network for the Grad-CAM figure (``None``: no figure).
+        coverage_edges: bin edges of ASR by coverage.
+        resume: reuse finished cells from ``output_dir/cells``.
+        title: the report's title.
+        seed: seeds the mask transforms (random patch anchors) and the attacks' random starts.
+    """
+
+    def __init__(
+        self,
+        cells: Sequence[AttackCell],
+        network: torch.nn.Module,
+        data: Sequence[Mapping[str, Any]],
+        preprocessing: Callable,
+        masks: Mapping[str, Callable],
+        device: torch.device | str = "cpu",
+        output_dir: str | os.PathLike = "eval",
+        batch_size: int = 128,
+        summary_writer: Any = None,
+        image_samples: int = 4,
+        grid_cells: str = "max_eps",
+        gradcam_layer: str | None = None,
+        coverage_edges: Sequence[float] = DEFAULT_COVERAGE_EDGES,
+        resume: bool = True,
+        title: str = "Adversarial robustness report",
+        seed: int = 0,
+    ) -> None:
+        unknown = sorted({c.mask for c in cells} - set(masks))
+        if unknown:
+            raise MedAdvInputError(f"grid cells use masks {unknown} that the config's `masks` does not define "
+                             f"(defined: {sorted(masks)})")
+        self.cells, self.network, self.data = list(cells), network, list(data)
+        self.preprocessing, self.masks = preprocessing, dict(masks)
+        self.device = torch.device(device)
+        self.output_dir = Path(output_dir)
+        self.batch_size, self.summary_writer = batch_size, summary_writer
+        self.image_samples, self.grid_cells, self.gradcam_layer = image_samples, grid_cells, gradcam_layer
+        self.coverage_edges, self.resume, self.title, self.seed = tuple(coverage_edges), resume, title, seed
+        self.figures: dict[str, list[Path]] = {"grids": []}
+
+    # ------------------------------------------------------------------------------------------ running
+    def loader(self, mask: str) -> DataLoader:
+        """The data loader of one mask: the slices through ``preprocessing`` then the mask's transform."""
+        transform = Compose([self.preprocessing, self.masks[mask]]).set_random_state(seed=self.seed)
+        return DataLoader(Dataset(self.data, transform), batch_size=self.batch_size, shuffle=False, num_workers=0)
+
+    def run_cell(self, cell: AttackCell) -> dict[str, Any]:
+        """Run one cell; return ``{"summary", "rows"}`` and save it under ``cells/``."""
+        torch.manual_seed(self.seed)
+        recorder, examples = PerSampleRecorder(cell), _Examples(self.image_samples)
+        evaluator = AttackEvaluator(device=self.device, val_data_loader=self.loader(cell.mask), network=self.network,
+                                    cell=cell, val_handlers=[recorder, examples, StatsHandler(iteration_log=False)])
+        evaluator.run()
+        result = {"summary": recorder.summary, "rows": recorder.rows}
+        save_json(result, self._cell_file(cell))
+        self._log(cell, recorder.summary, examples.batch)
+        return result
+
+    def _cell_file(self, cell: AttackCell) -> Path:
+        return self.output_dir / "cells" / f"{cell.label}.json"
+
+    def _grid_file(self, cell: AttackCell) -> Path:
+        return self.output_dir / "figures" / f"grid_{cell.label}.png"
+
+    def _wants_grid(self, cell: AttackCell) -> bool:
+        if cell.attack == CLEAN:
+            return False
+        if self.grid_cells == "all":
+            return True
+        top = max(c.eps for c in self.cells if c.name == cell.name and c.mask == cell.mask)
+        return cell.eps == top
+
+    def _log(self, cell: AttackCell, summary: Mapping[str, Any], batch: Any) -> None:
+        if batch is None or cell.attack == CLEAN:
+            return
+        grid = adversarial_grid(*batch, n=self.image_samples, eps=cell.eps)
+        if self.summary_writer is not None:
+            tag = f"{cell.mask}/{cell.name}" + ("_targeted" if cell.targeted else "")
+            for key in ("robust_acc", "asr", "targeted_success", "mean_ssim"):
+                if key in summary and not math.isnan(summary[key]):
+                    self.summary_writer.add_scalar(f"{key}/{tag}", summary[key], int(round(cell.eps * 255)))
+            self.summary_writer.add_image(f"grid/{cell.label}", grid, 0, dataformats="HW")
+        if self._wants_grid(cell):
+            self.figures["grids"].append(save_grid(grid, self._grid_file(cell), title=f"{cell.label}: clean | adversarial | "
+                                                                    f"|difference|/eps | mask"))
+
+    def run(self) -> list[dict[str, Any]]:
+        """Run (or resume) every cell, then write the tables, figures and report; return the summary rows."""
+        self.network.eval()
+        results = []
+        for i, cell in enumerate(self.cells):
+            path = self._cell_file(cell)
+            if self.resume and path.is_file():
+                results.append(json.loads(path.read_text()))
+                grid = self._grid_file(cell)
+                if self._wants_grid(cell) and grid.is_file():
+                    self.figures["grids"].append(grid)
+                continue
+            print(f"[attack grid] {i + 1}/{len(self.cells)} {cell.label}", flush=True)
+            results.append(self.run_cell(cell))
+        summary = [r["summary"] for r in results]
+        self.write(summary, [row for r in results for row in r["rows"]])
+        return summary
+
+    # ------------------------------------------------------------------------------------------ outputs
+    def coverage_table(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """ASR by coverage bin for each attacked cell whose mask is not ``none``."""
+        table = []
+        for cell in self.cells:
+            if cell.attack == CLEAN or cell.mask == "none":
+                continue
+            mine = [r for r in rows if r["cell"] == cell.label]
+            bins = coverage_bins([r["coverage"] for r in mine], [r["success"] for r in mine],
+                                 [r["clean_correct"] and r["attackable"] for r in mine], self.coverage_edges)
+            table += [{**cell.row(), **b} for b in bins]
+        return table
+
+    def write(self, summary: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+        """Write the tables, figures and report from finished cells."""
+        out = self.output_dir
+        save_csv(rows, out / "per_sample.csv")
+        save_json(summary, out / "summary.json")
+        save_csv(summary, out / "summary.csv", columns=[c for c in SUMMARY_COLUMNS if any(c in s for s in summary)])
+        coverage = self.coverage_table(rows)
+        save_csv(coverage, out / "coverage.csv")
+        figures = {"robust_accuracy": plot_robust_accuracy(summary, out / "figures" / "robust_accuracy.png")}
+        curves = {}
+        for cell in self.cells:
+            if cell.attack != CLEAN and cell.mask != "none" and self._wants_grid(cell):
+                curves[cell.label] = [c for c in coverage if c["cell"] == cell.label]
+        figures["asr_by_coverage"] = plot_asr_by_coverage(curves, out / "figures" / "asr_by_coverage.png")
+        if self.gradcam_layer:
+            figures["gradcam"] = self.gradcam(out / "figures" / "gradcam.png")
+        self.report(summary, figures)
+
+    def gradcam(self, path: Path) -> Path | None:
+        """Grad-CAM of clean and adversarial versions of a few tumour slices, under the strongest untargeted
+        attack without mask (or the first attacked cell)."""
+        attacked = [c for c in self.cells if c.attack != CLEAN and not c.targeted]
+        if not attacked:
+            return None
+        cell = max(attacked, key=lambda c: (c.mask == "none", c.eps, c.name == "pgd"))
+        batch = next(iter(self.loader(cell.mask)))
+        pos = torch.nonzero(batch["label"].reshape(-1) > 0).reshape(-1)[: self.image_samples]
+        order = pos if len(pos) else torch.arange(min(self.image_samples, len(batch["label"])))
+        sub = {k: (v[order] if isinstance(v, torch.Tensor) else [v[i] for i in order]) for k, v in batch.items()}
+        evaluator = AttackEvaluator(device=self.device, val_data_loader=[sub], network=self.network, cell=cell)
+        evaluator.run()
+        out = evaluator.state.output
+        titles = [f"{s} z={int(z)}" for s, z in zip(sub["subject"], sub["slice_index"])]
+        return gradcam_figure(self.network, self.gradcam_layer, out["image"], out["adv"], path, titles)
+
+    def report(self, summary: list[dict[str, Any]], figures: Mapping[str, Path | None]) -> Path:
+        """``report.md`` (and ``report.html``): the table, the plots, the grids and Grad-CAM."""
+        rel = lambda p: os.path.relpath(p, self.output_dir)  # noqa: E731
+        targeted = any(s["targeted"] for s in summary)
+        cols = ["attack", "eps_255", "mask", *(["targeted"] if targeted else []), "clean_acc", "robust_acc", "asr",
+                "asr_all", *(["targeted_success"] if targeted else []), "mean_linf", "mean_l2", "mean_ssim",
+                "mean_coverage"]
+        lines = [f"# {self.title}", "",
+                 f"{len(self.data)} slices, {len(summary)} grid cells. ASR counts flips among clean-correct, "
+                 "attackable slices (non-empty mask); `asr_all` divides by every clean-correct slice. eps in units "
+                 "of 1/255.", "", markdown_table(summary, cols), ""]
+        for name, title in (("robust_accuracy", "Robust accuracy against eps"),
+                            ("asr_by_coverage", "ASR against tumour coverage"), ("gradcam", "Grad-CAM")):
+            if figures.get(name):
+                lines += [f"## {title}", "", f"![{name}]({rel(figures[name])})", ""]
+        if self.figures["grids"]:
+            lines += ["## Examples (clean | adversarial | |difference|/eps | mask)", ""]
+            lines += [f"![grid]({rel(p)})" for p in self.figures["grids"]] + [""]
+        text = "\n".join(lines)
+        path = save_text(text, self.output_dir / "report.md")
+        write_html(text, self.output_dir / "report.html", title=self.title)
+        return path

@@ -1,0 +1,201 @@
+"""Robustness and perturbation metrics, per sample, and their summaries.
+
+Per sample, on :math:`d = x' - x` (over all channels and voxels of the sample):
+
+- ``l0``: fraction of voxels with :math:`d \\ne 0`;
+- ``l2``: :math:`\\lVert d \\rVert_2`; ``linf``: :math:`\\max |d|`;
+- ``tv``: anisotropic L1 total variation per voxel, :math:`\\frac{1}{|d|} \\sum_{a} \\sum |\\nabla_a d|` over the
+  spatial axes :math:`a`;
+- ``ssim``: SSIM of :math:`x'` against :math:`x` (MONAI's ``SSIMMetric``: Gaussian window 11, sigma 1.5,
+  data range 1), averaged over channels;
+- ``coverage``: :math:`\\sum m T / \\sum T` for the tumour :math:`T` (NaN without tumour); ``area``: mean of
+  :math:`m`.
+
+Outcomes and summaries (means over samples, never over batches):
+
+- ``clean_acc``, ``robust_acc``: over all N samples;
+- untargeted ``asr``: flipped / clean-correct, counting only attackable samples (mask not empty); ``asr_all``:
+  flipped / all clean-correct samples (the reference code's definition);
+- targeted ``targeted_success``: reached target / attackable samples whose label is not the target.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.metrics import SSIMMetric
+
+from medadv_monai.masks import area as mask_area
+from medadv_monai.masks import attackable as mask_attackable
+from medadv_monai.masks import coverage as mask_coverage
+
+__all__ = [
+    "OUTCOME_KEYS",
+    "coverage_bins",
+    "mask_attackable_samples",
+    "PERTURBATION_KEYS",
+    "prediction",
+    "perturbation_metrics",
+    "sample_outcomes",
+    "summarize",
+    "total_variation",
+    "ssim",
+]
+
+PERTURBATION_KEYS = ("l0", "l2", "linf", "tv", "ssim", "coverage", "area")
+OUTCOME_KEYS = ("clean_correct", "adv_correct", "attackable", "success")
+
+
+def prediction(logits: torch.Tensor) -> torch.Tensor:
+    """Predicted class ``(N,)``: ``logit > 0`` for a single-logit ``(N, 1)`` model, else the arg-max."""
+    logits = torch.as_tensor(logits)
+    if logits.ndim == 1 or logits.shape[1] == 1:
+        return (logits.reshape(len(logits)) > 0).long()
+    return logits.argmax(dim=1)
+
+
+def total_variation(delta: torch.Tensor) -> torch.Tensor:
+    """Anisotropic L1 total variation per voxel of each sample ``(N,)``: mean of summed absolute differences."""
+    n = delta.shape[0]
+    tv = torch.zeros(n, dtype=delta.dtype, device=delta.device)
+    for axis in range(2, delta.ndim):
+        tv = tv + delta.diff(dim=axis).abs().reshape(n, -1).sum(dim=1)
+    return tv / delta[0].numel()
+
+
+def ssim(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+    """SSIM of ``x_adv`` against ``x`` per sample ``(N,)`` (Gaussian window 11, sigma 1.5, data range 1)."""
+    metric = SSIMMetric(spatial_dims=x.ndim - 2, data_range=1.0, kernel_type="gaussian", win_size=11,
+                        kernel_sigma=1.5, reduction="none")
+    values = metric(x_adv.float(), x.float())  # (N, C)
+    return values.reshape(len(x), -1).mean(dim=1)
+
+
+def perturbation_metrics(
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    tumour: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-sample perturbation metrics (see the module docstring), each an ``(N,)`` float tensor.
+
+    Args:
+        x: clean batch ``(N, C, *spatial)`` in [0, 1].
+        x_adv: adversarial batch, same shape.
+        mask: the attack mask ``(N or 1, 1 or C, *spatial)``; ``None`` means no mask (area 1).
+        tumour: tumour mask ``(N, 1, *spatial)`` for coverage; ``None`` gives NaN coverage.
+    """
+    x, x_adv = x.detach().float(), x_adv.detach().float()
+    n = x.shape[0]
+    d = (x_adv - x).reshape(n, -1)
+    nan = torch.full((n,), math.nan, device=x.device)
+    m = None if mask is None else torch.as_tensor(mask, device=x.device).float().expand(n, *mask.shape[1:])
+    out = {
+        "l0": (d != 0).float().mean(dim=1),
+        "l2": d.norm(dim=1),
+        "linf": d.abs().amax(dim=1),
+        "tv": total_variation(x_adv - x),
+        "ssim": ssim(x, x_adv),
+        "coverage": nan if m is None or tumour is None else mask_coverage(m, tumour.to(x.device).float()),
+        "area": torch.ones(n, device=x.device) if m is None else mask_area(m),
+    }
+    return {k: v.float() for k, v in out.items()}
+
+
+def sample_outcomes(
+    labels: torch.Tensor,
+    clean_pred: torch.Tensor,
+    adv_pred: torch.Tensor,
+    attackable: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-sample outcomes ``(N,)`` bool: ``clean_correct``, ``adv_correct``, ``attackable``, ``success``.
+
+    Untargeted success: attackable, clean-correct and no longer correct. Targeted success (``targets`` given):
+    attackable, label not the target, and the adversarial prediction is the target.
+    """
+    labels = torch.as_tensor(labels).reshape(-1).long()
+    clean_pred = torch.as_tensor(clean_pred).reshape(-1).long().to(labels.device)
+    adv_pred = torch.as_tensor(adv_pred).reshape(-1).long().to(labels.device)
+    n = len(labels)
+    ok = torch.ones(n, dtype=torch.bool, device=labels.device) if attackable is None else \
+        torch.as_tensor(attackable).reshape(-1).bool().to(labels.device)
+    clean_correct, adv_correct = clean_pred == labels, adv_pred == labels
+    if targets is None:
+        success = ok & clean_correct & ~adv_correct
+    else:
+        t = torch.as_tensor(targets).reshape(-1).long().to(labels.device)
+        success = ok & (labels != t) & (adv_pred == t)
+    return {"clean_correct": clean_correct, "adv_correct": adv_correct, "attackable": ok, "success": success}
+
+
+def mask_attackable_samples(mask: torch.Tensor | None, n: int) -> torch.Tensor:
+    """Attackable samples ``(N,)``: the attack mask is not empty (all samples without a mask)."""
+    if mask is None:
+        return torch.ones(n, dtype=torch.bool)
+    return mask_attackable(torch.as_tensor(mask).expand(n, *mask.shape[1:]))
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else math.nan
+
+
+def summarize(per_sample: Mapping[str, Any], targeted: bool = False) -> dict[str, float]:
+    """Summary over samples of per-sample outcomes and metrics.
+
+    Args:
+        per_sample: ``clean_correct``, ``adv_correct``, ``attackable``, ``success`` (bool sequences) and,
+            optionally, metric columns (``l2``, ``ssim``, ...) and ``labels`` / ``targets`` (for targeted).
+        targeted: summarise as a targeted attack (``targeted_success``) instead of ``asr`` / ``asr_all``.
+
+    Returns:
+        ``n``, ``n_attackable``, ``clean_acc``, ``robust_acc``, then ``asr`` and ``asr_all`` (untargeted) or
+        ``targeted_success`` (targeted; needs ``labels`` and ``targets``), and ``mean_<k>`` for every other
+        numeric column (NaN-ignoring; NaN when no value).
+    """
+    col = {k: torch.as_tensor(v) for k, v in per_sample.items() if k not in ("subject",)}
+    clean, adv = col["clean_correct"].bool(), col["adv_correct"].bool()
+    ok, success = col["attackable"].bool(), col["success"].bool()
+    n = len(clean)
+    out: dict[str, float] = {
+        "n": n,
+        "n_attackable": int(ok.sum()),
+        "clean_acc": _ratio(float(clean.sum()), n),
+        "robust_acc": _ratio(float(adv.sum()), n),
+    }
+    if targeted:
+        labels, targets = col["labels"].reshape(-1), col["targets"].reshape(-1)
+        out["targeted_success"] = _ratio(float(success.sum()), float((ok & (labels != targets)).sum()))
+    else:
+        out["asr"] = _ratio(float(success.sum()), float((clean & ok).sum()))
+        out["asr_all"] = _ratio(float((clean & ~adv).sum()), float(clean.sum()))
+    for key, values in col.items():
+        if key in (*OUTCOME_KEYS, "labels", "targets") or not values.is_floating_point():
+            continue
+        finite = values[~torch.isnan(values)]
+        out[f"mean_{key}"] = float(finite.mean()) if len(finite) else math.nan
+    return out
+
+
+def coverage_bins(
+    coverage: Sequence[float] | torch.Tensor,
+    success: Sequence[bool] | torch.Tensor,
+    eligible: Sequence[bool] | torch.Tensor,
+    edges: Sequence[float] = (0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0),
+) -> list[dict[str, float]]:
+    """ASR by coverage bin: for each ``[lo, hi)`` bin (the last one closed) the eligible samples (clean-correct
+    and attackable, with a tumour) whose coverage falls in it, and the share of them the attack flipped."""
+    cov = torch.as_tensor(coverage, dtype=torch.float64).reshape(-1)
+    suc = torch.as_tensor(success).reshape(-1).bool()
+    ok = torch.as_tensor(eligible).reshape(-1).bool() & ~torch.isnan(cov)
+    rows = []
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        last = i == len(edges) - 2
+        inside = ok & (cov >= lo) & ((cov <= hi) if last else (cov < hi))
+        k = int(inside.sum())
+        rows.append({"bin_lo": float(lo), "bin_hi": float(hi), "n": k,
+                     "asr": _ratio(float((suc & inside).sum()), k)})
+    return rows

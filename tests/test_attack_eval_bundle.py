@@ -1,0 +1,127 @@
+"""The brats_attack_eval bundle end to end on tiny synthetic data: a classifier checkpoint in, the summary out."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.test_classifier_bundle import run_cli
+
+BUNDLE = REPO / "bundles" / "brats_attack_eval"
+pytestmark = pytest.mark.slow
+
+
+def _float(v: str) -> float:
+    return math.nan if v in ("", "nan") else float(v)
+
+
+def _bool(v: str) -> bool:
+    return v == "True"
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_classifier, synth_dir, tmp_path_factory):
+    """Run the bundle with `monai.bundle run` from another directory on a small grid."""
+    root = tmp_path_factory.mktemp("attack_eval")
+    bundle = root / "brats_attack_eval"
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("eval"))
+    args = [
+        "monai.bundle", "run", "--config_file", str(bundle / "configs" / "evaluate.yaml"),
+        "--bundle_root", str(bundle),
+        "--classifier_bundle", str(trained_classifier),
+        "--dataset_dir", str(synth_dir),
+        "--classifier_overrides", "{'image_size': [32, 32]}",
+        "--attacks", "{'fgsm': {}, 'pgd': {'steps': 5}}",
+        "--eps", "[0.03137254901960784]",
+        "--targeted", "[False, True]",
+        "--split", "training",   # the tiny test split is one subject; the mechanics need more slices
+    ]
+    first = run_cli(args, cwd=root)
+    again = run_cli(args, cwd=root)
+    return bundle / "eval", first, again
+
+
+def _per_sample(out: Path) -> dict[str, list[dict[str, str]]]:
+    cells = defaultdict(list)
+    with open(out / "per_sample.csv") as f:
+        for row in csv.DictReader(f):
+            cells[row["cell"]].append(row)
+    return cells
+
+
+def test_summary_equals_recomputation_from_per_sample_csv(evaluated):
+    out, _, _ = evaluated
+    summary = {s["cell"]: s for s in json.loads((out / "summary.json").read_text())}
+    cells = _per_sample(out)
+    assert set(summary) == set(cells)
+    assert len(summary) == 3 + 2 * 3 * 2  # clean per mask + 2 attacks x 3 masks x (untargeted, targeted)
+    for name, rows in cells.items():
+        s = summary[name]
+        n = len(rows)
+        clean = [_bool(r["clean_correct"]) for r in rows]
+        adv = [_bool(r["adv_correct"]) for r in rows]
+        ok = [_bool(r["attackable"]) for r in rows]
+        success = [_bool(r["success"]) for r in rows]
+        assert s["n"] == n and s["n_attackable"] == sum(ok)
+        assert s["clean_acc"] == pytest.approx(sum(clean) / n)
+        assert s["robust_acc"] == pytest.approx(sum(adv) / n)
+        if s["targeted"]:
+            eligible = [o and r["label"] != r["target"] for o, r in zip(ok, rows)]
+            assert s["targeted_success"] == pytest.approx(sum(success) / sum(eligible))
+            assert all(r["target"] == str(1 - int(r["label"])) for r in rows)
+        else:
+            den = sum(c and o for c, o in zip(clean, ok))
+            asr = sum(success) / den if den else math.nan
+            assert s["asr"] == pytest.approx(asr, nan_ok=True)
+            flipped = sum(c and not a for c, a in zip(clean, adv))
+            assert s["asr_all"] == pytest.approx(flipped / sum(clean) if sum(clean) else math.nan, nan_ok=True)
+        for key in ("l0", "l2", "linf", "tv", "ssim", "coverage", "area"):
+            values = [v for v in (_float(r[key]) for r in rows) if not math.isnan(v)]
+            expected = sum(values) / len(values) if values else math.nan
+            assert s[f"mean_{key}"] == pytest.approx(expected, rel=1e-9, abs=1e-12, nan_ok=True), (name, key)
+
+
+def test_pgd_lowers_robust_accuracy_and_respects_the_budget(evaluated):
+    out, _, _ = evaluated
+    summary = {s["cell"]: s for s in json.loads((out / "summary.json").read_text())}
+    pgd = summary["pgd_eps8_none"]
+    assert pgd["robust_acc"] < pgd["clean_acc"]
+    assert pgd["mean_linf"] <= 8 / 255 + 1e-6
+    for row in _per_sample(out)["pgd_eps8_none"]:
+        assert _float(row["linf"]) <= 8 / 255 + 1e-6
+
+
+def test_seg_mask_tumour_free_slices_are_not_attackable(evaluated):
+    out, _, _ = evaluated
+    rows = _per_sample(out)["pgd_eps8_seg"]
+    negatives = [r for r in rows if r["label"] == "0"]
+    positives = [r for r in rows if r["label"] == "1"]
+    assert negatives and positives
+    for r in negatives:  # no tumour: empty mask, not attackable, untouched
+        assert not _bool(r["attackable"]) and not _bool(r["success"])
+        assert _float(r["l0"]) == 0.0 and r["adv_pred"] == r["clean_pred"]
+        assert math.isnan(_float(r["coverage"]))
+    assert all(_bool(r["attackable"]) and _float(r["coverage"]) == 1.0 for r in positives)
+    ring = _per_sample(out)["pgd_eps8_ring"]
+    assert all(_float(r["coverage"]) == 0.0 for r in ring if r["label"] == "1")  # the ring excludes the tumour
+
+
+def test_outputs_report_and_resume(evaluated):
+    out, first, again = evaluated
+    for name in ("summary.csv", "coverage.csv", "report.md", "report.html", "figures/robust_accuracy.png",
+                 "figures/asr_by_coverage.png", "figures/gradcam.png", "figures/grid_pgd_eps8_seg.png"):
+        assert (out / name).is_file(), name
+    report = (out / "report.md").read_text()
+    assert "| pgd | 8.000 | none |" in report and "figures/robust_accuracy.png" in report
+    assert list((out / "runs").glob("events.out.tfevents.*"))
+    assert "[attack grid]" in first.stdout and "[attack grid]" not in again.stdout  # the rerun resumed every cell
+    with open(out / "coverage.csv") as f:
+        cov = list(csv.DictReader(f))
+    assert {r["cell"] for r in cov} >= {"pgd_eps8_seg", "fgsm_eps8_ring"}
