@@ -125,3 +125,25 @@ def test_outputs_report_and_resume(evaluated):
     with open(out / "coverage.csv") as f:
         cov = list(csv.DictReader(f))
     assert {r["cell"] for r in cov} >= {"pgd_eps8_seg", "fgsm_eps8_ring"}
+
+
+def test_patch_sweep_ranks_patches_and_bins_coverage(trained_classifier, synth_dir, tmp_path):
+    bundle = tmp_path / "brats_attack_eval"
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("eval"))
+    files = f"['{bundle / 'configs' / 'evaluate.yaml'}','{bundle / 'configs' / 'sweep.yaml'}']"
+    run_cli(["monai.bundle", "run", "--config_file", files, "--bundle_root", str(bundle),
+             "--classifier_bundle", str(trained_classifier), "--dataset_dir", str(synth_dir),
+             "--classifier_overrides", "{'image_size': [32, 32]}", "--split", "training",
+             "--sweep_sizes", "[0.1, 0.3]", "--sweep_anchors", "['centroid', 'random']"], cwd=tmp_path)
+    out = bundle / "eval" / "patch_sweep"
+    with open(out / "ranking.csv") as f:
+        ranking = list(csv.DictReader(f))
+    assert len(ranking) == 2 * 2 * 2  # (w, h) pairs x anchors
+    asr = [_float(r["asr"]) for r in ranking]
+    assert asr == sorted(asr, reverse=True) and [r["rank"] for r in ranking] == [str(i + 1) for i in range(8)]
+    assert {r["mask"] for r in ranking} >= {"rect_0.10x0.30_centroid", "rect_0.30x0.30_random"}
+    with open(out / "coverage_pooled.csv") as f:
+        pooled = list(csv.DictReader(f))
+    assert [(_float(r["bin_lo"]), _float(r["bin_hi"])) for r in pooled][0] == (0.0, 0.05) and len(pooled) == 8
+    assert (out / "figures" / "asr_by_coverage.png").is_file() and (out / "figures" / "mask_ranking.png").is_file()
+    assert "## Masks ranked by attack success" in (out / "report.md").read_text()

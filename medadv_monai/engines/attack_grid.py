@@ -12,9 +12,11 @@ Outputs in ``output_dir``:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,12 +35,13 @@ from medadv_monai.visualize import (
     gradcam_figure,
     markdown_table,
     plot_asr_by_coverage,
+    plot_ranking,
     plot_robust_accuracy,
     save_grid,
     write_html,
 )
 
-__all__ = ["DEFAULT_COVERAGE_EDGES", "SUMMARY_COLUMNS", "AttackGridRunner"]
+__all__ = ["DEFAULT_COVERAGE_EDGES", "SUMMARY_COLUMNS", "AttackGridRunner", "patch_sweep_masks"]
 
 DEFAULT_COVERAGE_EDGES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
 SUMMARY_COLUMNS = ["cell", "attack", "eps_255", "mask", "targeted", "n", "n_attackable", "clean_acc", "robust_acc",
@@ -84,6 +87,8 @@ class AttackGridRunner:
         gradcam_layer: layer of the network for the Grad-CAM figure (``None``: no figure).
         coverage_edges: bin edges of ASR by coverage.
         resume: reuse finished cells from ``output_dir/cells``.
+        rank_masks: also rank the masks by ASR and pool ASR by coverage over all masks (the patch sweep):
+            ``ranking.csv``, ``coverage_pooled.csv``, ``figures/mask_ranking.png``.
         title: the report's title.
         seed: seeds the mask transforms (random patch anchors) and the attacks' random starts.
     """
@@ -104,6 +109,7 @@ class AttackGridRunner:
         gradcam_layer: str | None = None,
         coverage_edges: Sequence[float] = DEFAULT_COVERAGE_EDGES,
         resume: bool = True,
+        rank_masks: bool = False,
         title: str = "Adversarial robustness report",
         seed: int = 0,
     ) -> None:
@@ -118,12 +124,14 @@ class AttackGridRunner:
         self.batch_size, self.summary_writer = batch_size, summary_writer
         self.image_samples, self.grid_cells, self.gradcam_layer = image_samples, grid_cells, gradcam_layer
         self.coverage_edges, self.resume, self.title, self.seed = tuple(coverage_edges), resume, title, seed
+        self.rank_masks = rank_masks
         self.figures: dict[str, list[Path]] = {"grids": []}
 
     # ------------------------------------------------------------------------------------------ running
     def loader(self, mask: str) -> DataLoader:
         """The data loader of one mask: the slices through ``preprocessing`` then the mask's transform."""
-        transform = Compose([self.preprocessing, self.masks[mask]]).set_random_state(seed=self.seed)
+        seed = (self.seed + zlib.crc32(mask.encode())) % 2**32  # each mask (and sweep replicate) its own stream
+        transform = Compose([self.preprocessing, self.masks[mask]]).set_random_state(seed=seed)
         return DataLoader(Dataset(self.data, transform), batch_size=self.batch_size, shuffle=False, num_workers=0)
 
     def run_cell(self, cell: AttackCell) -> dict[str, Any]:
@@ -205,15 +213,45 @@ class AttackGridRunner:
         save_csv(summary, out / "summary.csv", columns=[c for c in SUMMARY_COLUMNS if any(c in s for s in summary)])
         coverage = self.coverage_table(rows)
         save_csv(coverage, out / "coverage.csv")
-        figures = {"robust_accuracy": plot_robust_accuracy(summary, out / "figures" / "robust_accuracy.png")}
+        figures: dict[str, Path | None] = {}
+        if len({c.eps for c in self.cells if c.attack != CLEAN}) > 1:
+            figures["robust_accuracy"] = plot_robust_accuracy(summary, out / "figures" / "robust_accuracy.png")
         curves = {}
         for cell in self.cells:
             if cell.attack != CLEAN and cell.mask != "none" and self._wants_grid(cell):
                 curves[cell.label] = [c for c in coverage if c["cell"] == cell.label]
+        ranking = None
+        if self.rank_masks:
+            ranking, pooled = self.ranking(summary, rows)
+            save_csv(ranking, out / "ranking.csv")
+            save_csv(pooled, out / "coverage_pooled.csv")
+            curves = {f"{r['attack']} eps{r['eps_255']:g} (all masks)": [p for p in pooled if p["attack"] == r["attack"]
+                      and p["eps_255"] == r["eps_255"]] for r in ranking}
+            figures["mask_ranking"] = plot_ranking([f"{r['mask']} ({r['attack']} eps{r['eps_255']:g})" for r in ranking],
+                                                   [r["asr"] for r in ranking], out / "figures" / "mask_ranking.png")
         figures["asr_by_coverage"] = plot_asr_by_coverage(curves, out / "figures" / "asr_by_coverage.png")
         if self.gradcam_layer:
             figures["gradcam"] = self.gradcam(out / "figures" / "gradcam.png")
-        self.report(summary, figures)
+        self.report(summary, figures, ranking)
+
+    def ranking(self, summary: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
+                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Attacked cells ranked by ASR (best first), and ASR by coverage pooled over every mask of each
+        attack and budget."""
+        attacked = [s for s in summary if s["attack"] != CLEAN]
+        ranking = sorted(attacked, key=lambda s: (-_nan_last(s.get("asr", s.get("targeted_success"))), s["cell"]))
+        ranking = [{"rank": i + 1, **{k: s.get(k) for k in ("cell", "attack", "eps_255", "mask", "targeted", "asr",
+                    "targeted_success", "robust_acc", "mean_coverage", "mean_area", "mean_ssim") if k in s}}
+                   for i, s in enumerate(ranking)]
+        pooled = []
+        key = lambda r: (r["attack"], r["eps_255"], r["targeted"])  # noqa: E731
+        for (attack, eps, targeted), group in itertools.groupby(sorted((r for r in rows if r["attack"] != CLEAN),
+                                                                       key=key), key=key):
+            group = list(group)
+            bins = coverage_bins([r["coverage"] for r in group], [r["success"] for r in group],
+                                 [r["clean_correct"] and r["attackable"] for r in group], self.coverage_edges)
+            pooled += [{"attack": attack, "eps_255": eps, "targeted": targeted, **b} for b in bins]
+        return ranking, pooled
 
     def gradcam(self, path: Path) -> Path | None:
         """Grad-CAM of clean and adversarial versions of a few tumour slices, under the strongest untargeted
@@ -232,7 +270,8 @@ class AttackGridRunner:
         titles = [f"{s} z={int(z)}" for s, z in zip(sub["subject"], sub["slice_index"])]
         return gradcam_figure(self.network, self.gradcam_layer, out["image"], out["adv"], path, titles)
 
-    def report(self, summary: list[dict[str, Any]], figures: Mapping[str, Path | None]) -> Path:
+    def report(self, summary: list[dict[str, Any]], figures: Mapping[str, Path | None],
+               ranking: list[dict[str, Any]] | None = None) -> Path:
         """``report.md`` (and ``report.html``): the table, the plots, the grids and Grad-CAM."""
         rel = lambda p: os.path.relpath(p, self.output_dir)  # noqa: E731
         targeted = any(s["targeted"] for s in summary)
@@ -243,7 +282,11 @@ class AttackGridRunner:
                  f"{len(self.data)} slices, {len(summary)} grid cells. ASR counts flips among clean-correct, "
                  "attackable slices (non-empty mask); `asr_all` divides by every clean-correct slice. eps in units "
                  "of 1/255.", "", markdown_table(summary, cols), ""]
-        for name, title in (("robust_accuracy", "Robust accuracy against eps"),
+        if ranking:
+            lines += ["## Masks ranked by attack success", "",
+                      markdown_table(ranking, ["rank", "mask", "attack", "eps_255", "asr", "mean_coverage", "mean_area",
+                                               "mean_ssim"]), ""]
+        for name, title in (("mask_ranking", "Ranking"), ("robust_accuracy", "Robust accuracy against eps"),
                             ("asr_by_coverage", "ASR against tumour coverage"), ("gradcam", "Grad-CAM")):
             if figures.get(name):
                 lines += [f"## {title}", "", f"![{name}]({rel(figures[name])})", ""]
@@ -254,3 +297,34 @@ class AttackGridRunner:
         path = save_text(text, self.output_dir / "report.md")
         write_html(text, self.output_dir / "report.html", title=self.title)
         return path
+
+
+def _nan_last(v: Any) -> float:
+    return -math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def patch_sweep_masks(
+    shapes: Sequence[str] = ("rect",),
+    sizes: Sequence[float] = (0.05, 0.1, 0.2, 0.3),
+    anchors: Sequence[str] = ("centroid",),
+    combine: Sequence[str] = ("none",),
+    replicates: int = 1,
+    tumour_key: str = "mask",
+    output_key: str = "attack_mask",
+    **patch: Any,
+) -> dict[str, Any]:
+    """The masks of a patch sweep: one ``AttackMaskd`` per shape x (w, h) in ``sizes`` squared x anchor x combine
+    mode x replicate, named by the patch spec (``rect_0.10x0.20_centroid``, ``..._r1`` for further replicates).
+
+    The defaults are the reference sweep's 16 rectangles (relative sizes {0.05, 0.1, 0.2, 0.3} squared) at the
+    tumour centroid. Replicates matter for random anchors and jitter: each has its own random stream.
+    """
+    from medadv_monai.masks import AttackMaskd, PatchSpec
+
+    masks = {}
+    for shape, w, h, anchor, mode in itertools.product(shapes, sizes, sizes, anchors, combine):
+        spec = PatchSpec(shape=shape, size=(w, h), anchor=anchor, combine=mode, **patch)
+        for r in range(replicates):
+            name = spec.name + (f"_r{r}" if r else "")
+            masks[name] = AttackMaskd(keys=tumour_key, output_key=output_key, kind="patch", patch=spec)
+    return masks
