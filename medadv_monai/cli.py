@@ -105,11 +105,15 @@ class Commands:
 
         return format_bench(run_benchmarks(out, quick=quick))
 
-    def demo(self, out: str = "demo_out", dataset_dir: str | None = None, redo: bool = False) -> str:
-        """Run the pipeline end to end on synthetic data (or DATASET_DIR) and write OUT/report.md."""
+    def demo(self, out: str = "demo_out", dataset_dir: str | None = None, redo: bool = False,
+             verbose: bool = False) -> str:
+        """Run every stage on synthetic data (or DATASET_DIR, a BraTS 2021 folder) and write OUT/report.md.
+
+        Finished steps are reused on a second run unless --redo; --verbose shows the bundles' logs.
+        """
         from medadv_monai.demo import run_demo
 
-        return str(run_demo(out, dataset_dir=dataset_dir, redo=redo))
+        return str(run_demo(out, dataset_dir=dataset_dir, redo=redo, verbose=verbose))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

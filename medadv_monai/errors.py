@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["MedAdvInputError", "find_input_error"]
+import sys
+from typing import Any
+
+__all__ = ["MedAdvInputError", "find_input_error", "install_excepthook"]
 
 
 class MedAdvInputError(ValueError):
@@ -26,3 +29,20 @@ def find_input_error(exc: BaseException) -> MedAdvInputError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+    err = find_input_error(exc)
+    if err is None:
+        sys.__excepthook__(exc_type, exc, tb)
+    else:
+        print(f"error: {err}", file=sys.stderr)
+
+
+def install_excepthook() -> None:
+    """Show an uncaught :class:`MedAdvInputError` as one line instead of a traceback (the exit status stays 1).
+
+    The bundles call this first in ``initialize``, so ``python -m monai.bundle run`` on bad input ends with the
+    message that names the file or value, not MONAI's ``RuntimeError("Failed to evaluate ...")`` wrapper.
+    """
+    sys.excepthook = _excepthook

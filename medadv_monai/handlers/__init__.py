@@ -1,14 +1,17 @@
-"""Ignite handlers MONAI lacks: per-slice prediction CSV, metrics JSON, resume from the newest checkpoint."""
+"""Ignite handlers MONAI lacks: per-slice prediction CSV, metrics JSON, resume from the newest checkpoint,
+epoch-level seeding."""
 
 from __future__ import annotations
 
 from medadv_monai.handlers.checkpoint import ResumeFromLatest, latest_checkpoint
+from medadv_monai.handlers.determinism import SeedEpochs
 from medadv_monai.handlers.writers import MetricsJSONWriter, NullSummaryWriter, SlicePredictionWriter, prediction_rows
 
 __all__ = [
     "MetricsJSONWriter",
     "NullSummaryWriter",
     "ResumeFromLatest",
+    "SeedEpochs",
     "SlicePredictionWriter",
     "latest_checkpoint",
     "prediction_rows",
