@@ -8,6 +8,7 @@ interleaved, so the ratio is fair on a shared, noisy machine.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import multiprocessing as mp
 import platform
 import random
@@ -83,8 +84,8 @@ def _bench_attacks(quick: bool) -> dict[str, Any]:
 def _benchmarks(quick: bool) -> dict[str, Callable[[], dict[str, Any]]]:
     data_kwargs = {"subjects": 3, "shape": (48, 48, 24), "repeats": 1} if quick else {}
     return {
-        "data": lambda: bench_data(**data_kwargs),
-        "attacks": lambda: _bench_attacks(quick),
+        "data": functools.partial(bench_data, **data_kwargs),
+        "attacks": functools.partial(_bench_attacks, quick),
     }
 
 

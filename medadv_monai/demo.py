@@ -97,7 +97,7 @@ def _bundle_run(bundle: str, configs: Sequence[str], verbose: bool, **overrides:
     run(
         config_file=[str(root / "configs" / c) for c in configs],
         meta_file=str(root / "configs" / "metadata.json"),
-        logging_file=str(root / "configs" / "logging.conf") if verbose else None,
+        logging_file=str(root / "configs" / "logging.conf") if verbose else False,
         bundle_root=str(root),
         **overrides,
     )
