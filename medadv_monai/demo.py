@@ -39,6 +39,7 @@ class DemoSettings:
 
     Attributes:
         subjects, shape: synthetic dataset size (``None``: the generator's defaults, 40 subjects of 64x64x48).
+        image_size: slice size for every stage (``None``: the classifier bundle's, 64x64).
         classifier: overrides of the classifier bundle (e.g. ``{"train#trainer#max_epochs": 12}``).
         advgan: overrides of the AdvGAN bundle.
         attack_grid: overrides of the attack-evaluation bundle's grid.
@@ -49,12 +50,13 @@ class DemoSettings:
         self,
         subjects: int | None = None,
         shape: Sequence[int] | None = None,
+        image_size: Sequence[int] | None = None,
         classifier: Mapping[str, Any] | None = None,
         advgan: Mapping[str, Any] | None = None,
         attack_grid: Mapping[str, Any] | None = None,
         patch_sweep: Mapping[str, Any] | None = None,
     ) -> None:
-        self.subjects, self.shape = subjects, shape
+        self.subjects, self.shape, self.image_size = subjects, shape, image_size
         self.classifier = dict(classifier or {})
         self.advgan = dict(advgan or {})
         self.attack_grid = {"max_slices": 128, **(attack_grid or {})}
@@ -131,17 +133,18 @@ def run_demo(
         synth = {k: v for k, v in {"subjects": settings.subjects, "shape": settings.shape}.items() if v is not None}
         steps("synthetic_data", lambda: len(make_synthetic_brats(dataset_dir, **synth)))
     data = {"dataset_dir": str(dataset_dir), "work_dir": str(out / "work")}
+    shaping = {} if settings.image_size is None else {"image_size": list(settings.image_size)}
     classifier_ckpt = out / "classifier" / "models" / "model.pt"
 
     def slice_cache() -> dict[str, Any]:
-        parser = load_bundle_config(**data)
+        parser = load_bundle_config(**data, **shaping)
         cache, datalist = parser.get_parsed_content("slice_cache"), parser.get_parsed_content("datalist")
         figures = cache.build([i for items in datalist.values() for i in items], progress=True)
         stats = split_statistics(cache.datasets(datalist, modalities=parser["modalities"]))
         return {"cache": str(cache.path), "build": figures, "stats": stats}
 
     def classifier() -> dict[str, Any]:
-        runs = {**data, "output_dir": str(out / "classifier" / "models"), **settings.classifier}
+        runs = {**data, **shaping, "output_dir": str(out / "classifier" / "models"), **settings.classifier}
         _bundle_run("brats_slice_classifier", ["train.yaml"], verbose, **runs)
         _bundle_run("brats_slice_classifier", ["train.yaml", "evaluate.yaml"], verbose,
                     eval_dir=str(out / "classifier" / "eval"), **runs)
@@ -150,7 +153,7 @@ def run_demo(
     def attack_grid(configs: Sequence[str], overrides: Mapping[str, Any], output_dir: Path) -> Callable[[], Any]:
         def run() -> list[dict[str, Any]]:
             _bundle_run("brats_attack_eval", configs, verbose, **data, classifier_ckpt=str(classifier_ckpt),
-                        output_dir=str(output_dir), **overrides)
+                        classifier_overrides=shaping, output_dir=str(output_dir), **overrides)
             return json.loads((output_dir / "summary.json").read_text())
         return run
 

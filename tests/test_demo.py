@@ -1,0 +1,60 @@
+"""The demo pipeline on tiny settings: every step runs, the report's table matches the stage outputs, and a
+second run reuses the finished steps."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from medadv_monai.demo import DemoSettings, headline_rows, run_demo
+
+pytestmark = pytest.mark.slow
+
+
+def _table(markdown: str, header_start: str) -> list[list[str]]:
+    lines = markdown.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[i + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def test_demo_on_tiny_settings(tmp_path, capsys):
+    settings = DemoSettings(
+        subjects=6, shape=(32, 32, 16), image_size=(32, 32),
+        classifier={"train#trainer#max_epochs": 2, "batch_size": 16},
+        attack_grid={"attacks": {"fgsm": {}, "pgd": {"steps": 3}}, "eps": [4 / 255, 8 / 255], "split": "training"},
+        patch_sweep={"sweep_sizes": [0.2, 0.4], "split": "training"},
+    )
+    out = tmp_path / "demo"
+    report = run_demo(out, settings=settings)
+    text = report.read_text()
+    assert (out / "report.html").is_file()
+    summary = json.loads((out / "attack_eval" / "summary.json").read_text())
+    expected = headline_rows(summary)
+    table = _table(text, "| attack | mask | clean_acc")
+    assert len(table) == len(expected) == 2 * 3  # (fgsm, pgd) x (none, seg, ring)
+    for row, exp in zip(table, expected):
+        assert row[:2] == [exp["attack"], exp["mask"]]
+        values = [math.nan if v == "–" else float(v) for v in row[2:]]  # the table prints NaN as a dash
+        assert values == pytest.approx([v for k, v in exp.items() if k not in ("attack", "mask")], abs=5e-4,
+                                       nan_ok=True)
+    cls = json.loads((out / "classifier" / "eval" / "metrics.json").read_text())
+    (cls_row,) = _table(text, "| ROC AUC")
+    assert float(cls_row[0]) == pytest.approx(cls["val_auc"], abs=5e-4)
+    for figure in ("attack_eval/figures/robust_accuracy.png", "attack_eval/figures/gradcam.png",
+                   "attack_eval/patch_sweep/figures/asr_by_coverage.png"):
+        assert (out / figure).is_file() and figure in text
+    steps = [line for line in text.splitlines() if line.startswith("| ") and line.endswith(" |")]
+    assert any(line.startswith("| classifier |") for line in steps)
+
+    capsys.readouterr()
+    run_demo(out, settings=settings)  # everything is reused
+    log = capsys.readouterr().out
+    for step in ("synthetic_data", "slice_cache", "classifier", "attack_grid", "patch_sweep"):
+        assert f"[demo] {step}: done before" in log
