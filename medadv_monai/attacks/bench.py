@@ -1,4 +1,5 @@
-"""Benchmark: PGD-``steps`` against ``steps`` plain forward+backward passes of the same model and batch.
+"""Benchmarks: PGD-``steps`` against ``steps`` plain forward+backward passes of the same model and batch, and an
+AdvGAN generator pass against PGD-10 (:func:`bench_advgan`).
 
 The "limit" is what any gradient attack must pay: ``steps`` forward passes and ``steps`` input-gradient backward
 passes. The ratio ``pgd_s / limit_s`` is the attack's overhead (target: <= 1.10).
@@ -20,7 +21,7 @@ from medadv_monai.attacks.registry import DEFAULT_EPS, default_alpha
 from medadv_monai.attacks.pgd import pgd
 from medadv_monai.errors import MedAdvInputError
 
-__all__ = ["bench_pgd"]
+__all__ = ["bench_advgan", "bench_pgd"]
 
 
 class _SliceNet(nn.Module):
@@ -150,3 +151,87 @@ def bench_pgd(
         "steps": steps,
         "repeats": repeats,
     }
+
+
+def bench_advgan(
+    classifier: nn.Module | None = None,
+    generator: nn.Module | None = None,
+    batch: int = 32,
+    shape: Sequence[int] = (1, 64, 64),
+    repeats: int = 5,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Seconds per image of one AdvGAN generator pass against PGD-10, on the same classifier and batch.
+
+    AdvGAN is :func:`~medadv_monai.attacks.advgan` (validation, one generator forward, ``tanh``, budget and clip);
+    PGD-10 is :func:`~medadv_monai.attacks.pgd` with 10 steps and the registry's default ``alpha``. Both use
+    ``eps = 8/255`` and no mask. After one warm-up of each, every repeat runs both, alternating which goes first;
+    the times are medians over repeats divided by ``batch``, and ``speedup`` is the median of the per-repeat
+    ratios PGD-10 / AdvGAN.
+
+    Args:
+        classifier: a single-logit ``(N, 1)`` model; default: the compact 32/64/128-channel slice classifier, in
+            eval mode (a given one is used as given).
+        generator: maps a batch to a raw perturbation of its shape; default: an untrained
+            :class:`~medadv_monai.networks.AdvGANGenerator` (the timing does not depend on its weights), eval mode.
+        batch: batch size.
+        shape: one sample's shape ``(C, *spatial)`` with 2 or 3 spatial dims.
+        repeats: timed repeats (after warm-up).
+        device: where to run.
+
+    Returns:
+        ``{"advgan_s_per_image", "pgd10_s_per_image", "speedup", "device", "batch", "shape", "repeats"}``.
+    """
+    from medadv_monai.attacks.advgan import advgan
+    from medadv_monai.networks import AdvGANGenerator
+
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (3, 4):
+        raise MedAdvInputError(f"shape must be (C, H, W) or (C, D, H, W), got {shape}")
+    if batch < 1 or repeats < 1:
+        raise MedAdvInputError(f"batch and repeats must be >= 1, got {batch}, {repeats}")
+    dev = torch.device(device)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    torch.manual_seed(0)
+    if classifier is None:
+        classifier = _SliceNet(shape[0], len(shape) - 1).eval()
+    if generator is None:
+        generator = AdvGANGenerator(shape[0], spatial_dims=len(shape) - 1).eval()
+    classifier, generator = classifier.to(dev), generator.to(dev)
+    x = torch.rand((batch, *shape), generator=gen).to(dev)
+    y = torch.randint(0, 2, (batch,), generator=gen).to(dev)
+    eps = DEFAULT_EPS
+    runs: dict[str, Callable[[], Any]] = {
+        "advgan": lambda: advgan(classifier, x, y, eps=eps, generator=generator),
+        "pgd10": lambda: pgd(classifier, x, y, eps=eps, alpha=default_alpha(eps), steps=10, generator=gen),
+    }
+    times = _interleaved(runs, repeats, dev)
+    return {
+        "advgan_s_per_image": statistics.median(times["advgan"]) / batch,
+        "pgd10_s_per_image": statistics.median(times["pgd10"]) / batch,
+        "speedup": statistics.median(p / a for p, a in zip(times["pgd10"], times["advgan"])),
+        "device": str(dev),
+        "batch": batch,
+        "shape": shape,
+        "repeats": repeats,
+    }
+
+
+def _interleaved(runs: dict[str, Callable[[], Any]], repeats: int, dev: torch.device) -> dict[str, list[float]]:
+    """Wall times of each run: one untimed warm-up each, then ``repeats`` rounds in alternating order."""
+
+    def timed(fn: Callable[[], Any]) -> float:
+        _sync(dev)
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        return time.perf_counter() - t0
+
+    for fn in runs.values():
+        timed(fn)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            times[name].append(timed(runs[name]))
+    return times
