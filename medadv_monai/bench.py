@@ -1,6 +1,10 @@
 """``medadv bench``: every benchmark of the project in one JSON file and a printed table.
 
-Each benchmark runs in a fresh child process, so its ``peak_rss_mb`` is that process's own high-water mark, and
+Sections: ``data`` (slice cache build time per subject; slices per second from the cache against from NIfTI),
+``attacks`` (PGD-10 against ten forward+backward passes, the compute limit) and ``advgan`` (seconds per image
+of one generator pass against PGD-10), on CPU and, where one is present, on the GPU.
+
+Each benchmark runs in a fresh (spawned) child process, so its ``peak_rss_mb`` is that process's own high-water mark, and
 figures that are compared (cache against NIfTI, PGD against its compute limit) are measured in the same run,
 interleaved, so the ratio is fair on a shared, noisy machine.
 """
@@ -81,11 +85,22 @@ def _bench_attacks(quick: bool) -> dict[str, Any]:
     return results
 
 
+def _bench_advgan(quick: bool) -> dict[str, Any]:
+    from medadv_monai.attacks.bench import bench_advgan
+
+    kwargs = {"batch": 8, "shape": (1, 32, 32), "repeats": 2} if quick else {}
+    results = {"cpu": bench_advgan(device="cpu", **kwargs)}
+    if torch.cuda.is_available():
+        results["cuda"] = bench_advgan(device="cuda", **kwargs)
+    return results
+
+
 def _benchmarks(quick: bool) -> dict[str, Callable[[], dict[str, Any]]]:
     data_kwargs = {"subjects": 3, "shape": (48, 48, 24), "repeats": 1} if quick else {}
     return {
         "data": functools.partial(bench_data, **data_kwargs),
         "attacks": functools.partial(_bench_attacks, quick),
+        "advgan": functools.partial(_bench_advgan, quick),
     }
 
 
@@ -107,7 +122,7 @@ def run_benchmarks(out: str | Path, quick: bool = False, only: list[str] | None 
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         }
     }
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    ctx = mp.get_context("spawn")  # a fresh interpreter: forking after torch ran threads can deadlock the child
     for name, fn in _benchmarks(quick).items():
         if only and name not in only:
             continue

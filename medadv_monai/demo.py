@@ -150,6 +150,13 @@ def run_demo(
                     eval_dir=str(out / "classifier" / "eval"), **runs)
         return json.loads((out / "classifier" / "eval" / "metrics.json").read_text())
 
+    generator_ckpt = out / "advgan" / "models" / "generator.pt"
+
+    def advgan() -> dict[str, Any]:
+        _bundle_run("brats_advgan", ["train.yaml"], verbose, **data, classifier_ckpt=str(classifier_ckpt),
+                    classifier_overrides=shaping, output_dir=str(generator_ckpt.parent), **settings.advgan)
+        return json.loads((generator_ckpt.parent / "val_metrics.json").read_text())
+
     def attack_grid(configs: Sequence[str], overrides: Mapping[str, Any], output_dir: Path) -> Callable[[], Any]:
         def run() -> list[dict[str, Any]]:
             _bundle_run("brats_attack_eval", configs, verbose, **data, classifier_ckpt=str(classifier_ckpt),
@@ -159,12 +166,14 @@ def run_demo(
 
     cache_info = steps("slice_cache", slice_cache, clears=[out / "work"])
     cls_metrics = steps("classifier", classifier, clears=[out / "classifier"])
+    gan_metrics = steps("advgan", advgan, clears=[out / "advgan"])
     grid_dir, sweep_dir = out / "attack_eval", out / "attack_eval" / "patch_sweep"
-    summary = steps("attack_grid", attack_grid(["evaluate.yaml"], settings.attack_grid, grid_dir), clears=[grid_dir])
+    grid_settings = {"generator_ckpt": str(generator_ckpt), **settings.attack_grid}
+    summary = steps("attack_grid", attack_grid(["evaluate.yaml"], grid_settings, grid_dir), clears=[grid_dir])
     sweep = steps("patch_sweep", attack_grid(["evaluate.yaml", "sweep.yaml"], settings.patch_sweep, sweep_dir),
                   clears=[sweep_dir])
     report = out / "report.md"
-    text = _report(out, dataset_dir, cache_info, cls_metrics, summary, sweep, steps.log,
+    text = _report(out, dataset_dir, cache_info, cls_metrics, gan_metrics, summary, sweep, steps.log,
                    time.perf_counter() - start)
     save_text(text, report)
     from medadv_monai.visualize import write_html
@@ -195,7 +204,7 @@ def headline_rows(summary: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _report(out: Path, dataset_dir: Path | str, cache_info: Mapping[str, Any], cls: Mapping[str, Any],
-            summary: Sequence[Mapping[str, Any]], sweep: Sequence[Mapping[str, Any]],
+            gan: Mapping[str, Any], summary: Sequence[Mapping[str, Any]], sweep: Sequence[Mapping[str, Any]],
             log: Sequence[Mapping[str, Any]], seconds: float) -> str:
     from medadv_monai.data import format_statistics
     from medadv_monai.visualize import markdown_table
@@ -215,6 +224,11 @@ def _report(out: Path, dataset_dir: Path | str, cache_info: Mapping[str, Any], c
         "## Stage 1: classifier (test split)", "",
         markdown_table([cls], ["val_auc", "val_acc", "val_sensitivity", "val_specificity", "slices"],
                        ["ROC AUC", "accuracy", "sensitivity", "specificity", "slices"]), "",
+        "## Stage 2: AdvGAN (validation split, last epoch)", "",
+        "One generator pass per slice. The headline table compares it with PGD and the others on the same test "
+        "slices and budget (its `advgan` rows).", "",
+        markdown_table([gan], [k for k in ("val_asr", "val_robust_acc", "val_pgd10_asr", "val_pgd10_robust_acc",
+                                           "val_mean_linf", "val_mean_ssim", "epoch") if k in gan]), "",
         "## Stage 3: attack grid", "",
     ]
     for name, title in (("robust_accuracy.png", "Robust accuracy against eps"), ("gradcam.png", "Grad-CAM")):

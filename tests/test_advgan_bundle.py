@@ -62,7 +62,9 @@ def classifier_ckpt(synth_config, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def settings(synth_dir, synth_config, classifier_ckpt) -> dict:
     """Overrides: the tiny data, the classifier's work dir (same datalist and slice cache), 32x32 slices."""
-    return {"dataset_dir": str(synth_dir), "work_dir": synth_config["work_dir"], "image_size": [32, 32],
+    return {"dataset_dir": str(synth_dir), "work_dir": synth_config["work_dir"],
+            "classifier_bundle": str(REPO / "bundles" / "brats_slice_classifier"),
+            "classifier_overrides": {"image_size": [32, 32]},
             "classifier_ckpt": str(classifier_ckpt), "batch_size": 16, "d_warmup_iterations": 2}
 
 

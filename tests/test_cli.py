@@ -44,4 +44,5 @@ def test_bench_quick_writes_json(tmp_path, capsys):
     assert figures["data"]["cache_slices_per_s"] > 0 and figures["data"]["nifti_slices_per_s"] > 0
     assert figures["data"]["peak_rss_mb"] > 0
     assert figures["attacks"]["cpu"]["ratio"] > 0
+    assert figures["advgan"]["cpu"]["speedup"] > 0 and figures["advgan"]["peak_rss_mb"] > 0
     assert "[data]" in capsys.readouterr().out

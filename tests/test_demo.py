@@ -28,6 +28,7 @@ def test_demo_on_tiny_settings(tmp_path, capsys):
     settings = DemoSettings(
         subjects=6, shape=(32, 32, 16), image_size=(32, 32),
         classifier={"train#trainer#max_epochs": 2, "batch_size": 16},
+        advgan={"train#trainer#max_epochs": 1, "batch_size": 16, "d_warmup_iterations": 2},
         attack_grid={"attacks": {"fgsm": {}, "pgd": {"steps": 3}}, "eps": [4 / 255, 8 / 255], "split": "training"},
         patch_sweep={"sweep_sizes": [0.2, 0.4], "split": "training"},
     )
@@ -38,7 +39,8 @@ def test_demo_on_tiny_settings(tmp_path, capsys):
     summary = json.loads((out / "attack_eval" / "summary.json").read_text())
     expected = headline_rows(summary)
     table = _table(text, "| attack | mask | clean_acc")
-    assert len(table) == len(expected) == 2 * 3  # (fgsm, pgd) x (none, seg, ring)
+    assert len(table) == len(expected) == 3 * 3  # (fgsm, pgd, advgan) x (none, seg, ring)
+    assert {row[0] for row in table} == {"fgsm", "pgd", "advgan"}
     for row, exp in zip(table, expected):
         assert row[:2] == [exp["attack"], exp["mask"]]
         values = [math.nan if v == "–" else float(v) for v in row[2:]]  # the table prints NaN as a dash
@@ -56,5 +58,7 @@ def test_demo_on_tiny_settings(tmp_path, capsys):
     capsys.readouterr()
     run_demo(out, settings=settings)  # everything is reused
     log = capsys.readouterr().out
-    for step in ("synthetic_data", "slice_cache", "classifier", "attack_grid", "patch_sweep"):
+    gan = json.loads((out / "advgan" / "models" / "val_metrics.json").read_text())
+    assert 0.0 <= gan["val_asr"] <= 1.0 and "## Stage 2: AdvGAN" in text
+    for step in ("synthetic_data", "slice_cache", "classifier", "advgan", "attack_grid", "patch_sweep"):
         assert f"[demo] {step}: done before" in log

@@ -142,6 +142,29 @@ def test_checkpoint_with_pickled_object_is_refused(tmp_path):
         load_weights(SliceClassifier(in_channels=2), good)
 
 
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    from ignite.engine import Engine
+
+    from medadv_monai.handlers import AtomicCheckpointSaver
+
+    net = SliceClassifier(in_channels=1)
+    engine = Engine(lambda e, b: None)
+    AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_interval=1, n_saved=1).attach(engine)
+    engine.run([0], max_epochs=2)
+    assert [p.name for p in tmp_path.iterdir()] == ["model_epoch=2.pt"]
+    assert (tmp_path / "model_epoch=2.pt").stat().st_mode & 0o044  # readable by group/others (umask 022)
+
+    def crash(obj, f, *args, **kwargs):  # the process dies half-way through writing
+        open(f, "wb").write(b"trunc")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run([0], max_epochs=3)
+    assert [p.name for p in tmp_path.iterdir()] == ["model_epoch=2.pt"]  # no truncated file, no leftover
+    load_weights(SliceClassifier(in_channels=1), tmp_path / "model_epoch=2.pt")
+
+
 # ------------------------------------------------------------------------------------------ bad input via the CLI
 def _last_line(proc: subprocess.CompletedProcess) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

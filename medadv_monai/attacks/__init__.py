@@ -32,6 +32,7 @@ _LAZY = {
     "PrepareAttackBatch": "medadv_monai.attacks.inferer",
     "AdversarialPerturb": "medadv_monai.attacks.transforms",
     "AdversarialPerturbd": "medadv_monai.attacks.transforms",
+    "bench_advgan": "medadv_monai.attacks.bench",
     "bench_pgd": "medadv_monai.attacks.bench",
 }
 
@@ -46,6 +47,7 @@ __all__ = [
     "apply_delta",
     "attack_kwargs",
     "available_attacks",
+    "bench_advgan",
     "bench_pgd",
     "bim",
     "default_alpha",

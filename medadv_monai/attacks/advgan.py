@@ -41,6 +41,7 @@ def advgan(
     eps: float | torch.Tensor,
     generator: torch.nn.Module,
     mask: torch.Tensor | None = None,
+    targeted: bool = False,
 ) -> torch.Tensor:
     """Perturb ``x`` with a trained AdvGAN generator within the budget ``eps * mask``.
 
@@ -54,6 +55,8 @@ def advgan(
         eps: L-inf budget in [0, 1], a float or a per-sample ``(N,)`` tensor.
         generator: maps ``x`` to a raw perturbation of ``x``'s shape.
         mask: per-voxel budget weights in [0, 1] broadcastable to ``x``.
+        targeted: accepted for the common attack signature; whether the attack is targeted was decided when the
+            generator was trained (its checkpoint records it).
 
     Returns:
         The adversarial batch, detached, with ``x``'s dtype and device.

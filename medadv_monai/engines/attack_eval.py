@@ -28,7 +28,7 @@ from medadv_monai.attacks.registry import attack_kwargs
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.metrics import mask_attackable_samples, perturbation_metrics, prediction, sample_outcomes, summarize
 
-__all__ = ["CLEAN", "AttackCell", "AttackEvaluator", "PerSampleRecorder", "expand_grid"]
+__all__ = ["CLEAN", "AttackCell", "AttackEvaluator", "PerSampleRecorder", "advgan_cells", "expand_grid"]
 
 CLEAN = "clean"
 
@@ -96,6 +96,40 @@ def expand_grid(
         attack_kwargs(attack, eps=float(e), **params)  # validate names and keywords now, not mid-grid
         cells.append(AttackCell(name, attack, float(e), m, bool(t), params))
     return cells
+
+
+def advgan_cells(
+    checkpoint: str | None,
+    generator: Callable[[], torch.nn.Module] | torch.nn.Module,
+    masks: Sequence[str],
+    modalities: Sequence[str] | None = None,
+    device: torch.device | str = "cpu",
+) -> list[AttackCell]:
+    """The AdvGAN rows of a grid: one cell per mask at the eps the generator was trained for (none without a
+    checkpoint).
+
+    Args:
+        checkpoint: a ``brats_advgan`` generator checkpoint (``models/generator.pt``), or ``None``.
+        generator: the generator network (or a callable that builds it), filled from the checkpoint.
+        masks: mask names; each gets a cell (the mask scales the generator's budget).
+        modalities: the classifier's input channels, checked against the generator's.
+        device: where the generator runs.
+
+    Raises:
+        MedAdvInputError: an unreadable or unsafe checkpoint, not a generator, or other modalities.
+    """
+    if not checkpoint:
+        return []
+    from medadv_monai.engines.advgan import AdvGANSettings, load_generator_checkpoint
+
+    net = generator() if callable(generator) and not isinstance(generator, torch.nn.Module) else generator
+    config = load_generator_checkpoint(checkpoint, net)  # checks it is a generator checkpoint, loads the weights
+    AdvGANSettings(eps=config["eps"], mask_kind=config.get("mask_kind", "none"),
+                   targeted=bool(config.get("targeted", False)), modalities=modalities).check(
+        config, source=f"generator checkpoint {str(checkpoint)!r}")  # the classifier's modalities must match
+    net = net.to(device).eval().requires_grad_(False)
+    return [AttackCell("advgan", "advgan", float(config["eps"]), m, bool(config.get("targeted", False)),
+                       {"generator": net}) for m in masks]
 
 
 class AttackEvaluator(SupervisedEvaluator):

@@ -3,11 +3,12 @@ epoch-level seeding."""
 
 from __future__ import annotations
 
-from medadv_monai.handlers.checkpoint import ResumeFromLatest, latest_checkpoint
+from medadv_monai.handlers.checkpoint import AtomicCheckpointSaver, ResumeFromLatest, latest_checkpoint
 from medadv_monai.handlers.determinism import SeedEpochs
 from medadv_monai.handlers.writers import MetricsJSONWriter, NullSummaryWriter, SlicePredictionWriter, prediction_rows
 
 __all__ = [
+    "AtomicCheckpointSaver",
     "MetricsJSONWriter",
     "NullSummaryWriter",
     "ResumeFromLatest",

@@ -1,4 +1,4 @@
-"""Resume training from the newest interval checkpoint that MONAI's ``CheckpointSaver`` wrote."""
+"""Checkpoints: save them atomically, and resume training from the newest one."""
 
 from __future__ import annotations
 
@@ -7,10 +7,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ignite.engine import Engine
-from monai.handlers import CheckpointLoader
+from collections.abc import Mapping
 
-__all__ = ["latest_checkpoint", "ResumeFromLatest"]
+from ignite.engine import Engine
+from ignite.handlers.checkpoint import BaseSaveHandler
+from monai.handlers import CheckpointLoader, CheckpointSaver
+
+from medadv_monai.utils import torch_save
+
+__all__ = ["AtomicCheckpointSaver", "ResumeFromLatest", "latest_checkpoint"]
 
 _EPOCH = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
@@ -48,3 +53,43 @@ class ResumeFromLatest:
             self.loaded = path
             engine.logger.info(f"resuming from {path}")
             CheckpointLoader(load_path=str(path), load_dict=self.load_dict, **self.kwargs).attach(engine)
+
+
+class _AtomicSave(BaseSaveHandler):
+    """Save handler that writes through :func:`medadv_monai.utils.torch_save` (temporary name, then rename) and
+    removes superseded files only after the new one is in place (ignite asks to remove the old file first)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner  # MONAI's _DiskSaver: its folder, optional fixed file name and remove()
+        self.pending: list[str] = []
+
+    def _name(self, filename: str) -> str:
+        return getattr(self.inner, "filename", None) or filename
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        name = self._name(filename)
+        torch_save(checkpoint, Path(self.inner.dirname) / name)
+        for old in self.pending:
+            if self._name(old) != name:
+                self.inner.remove(old)
+        self.pending.clear()
+
+    def remove(self, filename: str) -> None:
+        self.pending.append(filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` writing every file atomically.
+
+    MONAI 1.6 saves in place (``atomic=False``, to keep group read permission), and ignite deletes the previous
+    checkpoint before writing the next, so a run killed during a save could leave a truncated checkpoint, or
+    none. This saver writes to a temporary name with the usual umask permissions, renames it into place, and only
+    then deletes the superseded file. Same arguments as ``CheckpointSaver``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint"):
+            checkpoint = getattr(self, name, None)
+            if checkpoint is not None:
+                checkpoint.save_handler = _AtomicSave(checkpoint.save_handler)
