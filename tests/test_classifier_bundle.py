@@ -61,9 +61,9 @@ def test_train_writes_checkpoints_and_tensorboard(trained):
     state = torch.load(models / "model.pt", weights_only=True)
     net = SliceClassifier(in_channels=1)
     net.load_state_dict(state)  # the best model is a plain state dict of the configured network
-    last = torch.load(models / "checkpoints" / "checkpoint_epoch=4.pt", weights_only=True)
+    last = torch.load(models / "checkpoints" / "checkpoint_epoch=8.pt", weights_only=True)
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(last)
-    assert last["trainer"]["iteration"] == 4 * last["trainer"]["epoch_length"]
+    assert last["trainer"]["iteration"] == 8 * last["trainer"]["epoch_length"]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -73,7 +73,7 @@ def test_train_writes_checkpoints_and_tensorboard(trained):
     tags = set(acc.Tags()["scalars"])
     assert {"train_loss", "val_auc", "val_acc", "val_sensitivity", "val_specificity"} <= tags
     aucs = [e.value for e in acc.Scalars("val_auc")]
-    assert len(aucs) == 4 and all(0 <= a <= 1 for a in aucs)
+    assert len(aucs) == 8 and all(0 <= a <= 1 for a in aucs)
     losses = [e.value for e in acc.Scalars("train_loss")]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert acc.Tags()["images"]  # TensorBoardImageHandler wrote the validation images

@@ -12,6 +12,7 @@ sample, the clean and adversarial predictions, the outcomes and the perturbation
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,7 +101,7 @@ def expand_grid(
 
 def advgan_cells(
     checkpoint: str | None,
-    generator: Callable[[], torch.nn.Module] | torch.nn.Module,
+    generator: str | os.PathLike | torch.nn.Module,
     masks: Sequence[str],
     modalities: Sequence[str] | None = None,
     device: torch.device | str = "cpu",
@@ -110,7 +111,8 @@ def advgan_cells(
 
     Args:
         checkpoint: a ``brats_advgan`` generator checkpoint (``models/generator.pt``), or ``None``.
-        generator: the generator network (or a callable that builds it), filled from the checkpoint.
+        generator: the generator network, or the path of a ``brats_advgan`` config whose ``network_def`` builds it
+            (read only when there is a checkpoint).
         masks: mask names; each gets a cell (the mask scales the generator's budget).
         modalities: the classifier's input channels, checked against the generator's.
         device: where the generator runs.
@@ -122,7 +124,13 @@ def advgan_cells(
         return []
     from medadv_monai.engines.advgan import AdvGANSettings, load_generator_checkpoint
 
-    net = generator() if callable(generator) and not isinstance(generator, torch.nn.Module) else generator
+    if isinstance(generator, torch.nn.Module):
+        net = generator
+    else:
+        from medadv_monai.cli import load_bundle_config
+
+        overrides = {} if modalities is None else {"classifier_overrides": {"modalities": list(modalities)}}
+        net = load_bundle_config(generator, **overrides).get_parsed_content("network_def")
     config = load_generator_checkpoint(checkpoint, net)  # checks it is a generator checkpoint, loads the weights
     AdvGANSettings(eps=config["eps"], mask_kind=config.get("mask_kind", "none"),
                    targeted=bool(config.get("targeted", False)), modalities=modalities).check(
