@@ -217,8 +217,9 @@ def _report(out: Path, dataset_dir: Path | str, cache_info: Mapping[str, Any], c
         f"Dataset `{dataset_dir}`; {platform.platform()}, {os.cpu_count()} CPU cores; {seconds:.0f} s for this run "
         "(steps reused from an earlier run count as 0).", "",
         "## Headline: robust accuracy of the slice classifier under attack", "",
-        "Untargeted L-inf attacks on the test split; eps in units of 1/255; ASR = flipped / clean-correct "
-        "attackable slices (with the seg and ring masks, tumour-free slices are not attackable).", "",
+        f"Untargeted L-inf attacks on {summary[0]['n'] if summary else 0} slices of the test split; eps in units "
+        "of 1/255; ASR = flipped / clean-correct attackable slices (with the seg and ring masks, tumour-free "
+        "slices are not attackable); AdvGAN runs at the eps it was trained for.", "",
         markdown_table(head, list(head[0]) if head else []), "",
         "## Data", "", "```", format_statistics(cache_info["stats"]), "```", "",
         "## Stage 1: classifier (test split)", "",
