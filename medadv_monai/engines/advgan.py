@@ -60,6 +60,7 @@ from medadv_monai.attacks.advgan import advgan, advgan_delta, apply_delta
 from medadv_monai.attacks.registry import attack_kwargs, get_attack
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.masks import make_attack_mask
+from medadv_monai.metrics import prediction
 from medadv_monai.networks.io import load_checkpoint, load_weights
 from medadv_monai.utils import atomic_path, save_text
 
@@ -695,7 +696,7 @@ class AdvGANTrainer(Trainer):
         engine.fire_event(AdversarialIterationEvents.GENERATOR_MODEL_COMPLETED)
 
         with torch.no_grad():
-            fooled = (_predicted(logits) != _class_ids(labels, logits, "labels")) & ok
+            fooled = (prediction(logits) != _class_ids(labels, logits, "labels")) & ok
             fool_rate = fooled.sum() / ok.sum().clamp_min(1)
         engine.state.output.update({
             "adv": x_adv.detach(),
@@ -741,12 +742,6 @@ def _total_variation(delta: torch.Tensor) -> torch.Tensor:
     from medadv_monai.metrics import total_variation
 
     return total_variation(delta)
-
-
-def _predicted(logits: torch.Tensor) -> torch.Tensor:
-    from medadv_monai.metrics import prediction
-
-    return prediction(logits)
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation

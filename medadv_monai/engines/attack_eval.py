@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -271,5 +271,3 @@ class PerSampleRecorder:
         engine.state.metrics.update({k: v for k, v in self.summary.items() if isinstance(v, (int, float))
                                      and not isinstance(v, bool)})
 
-
-MaskLoaders = Callable[[str], Any]
