@@ -49,7 +49,8 @@ def load_bundle_config(config: str | Path | Sequence[str | Path] = DEFAULT_CONFI
     return parser
 
 
-def _datasets(parser: Any) -> dict:
+def _datasets(parser: Any) -> tuple[Any, dict]:
+    """The slice cache and the datalist of a bundle config."""
     cache = parser.get_parsed_content("slice_cache")
     datalist = parser.get_parsed_content("datalist")
     return cache, datalist

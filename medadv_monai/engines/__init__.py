@@ -23,7 +23,6 @@ from medadv_monai.engines.advgan import (
     load_classifier,
     load_generator_checkpoint,
     perturbation_loss,
-    score_attack,
 )
 
 __all__ = [
@@ -47,5 +46,4 @@ __all__ = [
     "load_classifier",
     "load_generator_checkpoint",
     "perturbation_loss",
-    "score_attack",
 ]

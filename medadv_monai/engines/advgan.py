@@ -60,7 +60,7 @@ from medadv_monai.attacks.advgan import advgan, advgan_delta, apply_delta
 from medadv_monai.attacks.registry import attack_kwargs, get_attack
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.masks import make_attack_mask
-from medadv_monai.metrics import prediction
+from medadv_monai.metrics import prediction, score_attack
 from medadv_monai.networks.io import load_checkpoint, load_weights
 from medadv_monai.utils import atomic_path, save_text
 
@@ -85,7 +85,6 @@ __all__ = [
     "load_classifier",
     "load_generator_checkpoint",
     "perturbation_loss",
-    "score_attack",
 ]
 
 logger = logging.getLogger(__name__)
@@ -101,6 +100,9 @@ LOSS_KEYS: tuple[str, ...] = (
 
 #: the tumour mask goes to the engines as the keyword ``tumour``
 TUMOUR_KWARG = "tumour"
+
+#: the default prepare_batch: the image, the label, and the tumour mask passed on as the ``tumour`` keyword
+PREPARE_WITH_TUMOUR = PrepareBatchExtraInput({TUMOUR_KWARG: "mask"})
 
 
 def _choice(value: Any, allowed: Sequence[str], what: str) -> str:
@@ -531,7 +533,7 @@ class AdvGANTrainer(Trainer):
         class_balanced: bool = False,
         epoch_length: int | None = None,
         non_blocking: bool = False,
-        prepare_batch: Callable = PrepareBatchExtraInput({TUMOUR_KWARG: "mask"}),
+        prepare_batch: Callable = PREPARE_WITH_TUMOUR,
         iteration_update: Callable[[Engine, Any], Any] | None = None,
         inferer: Inferer | None = None,
         postprocessing: Callable | None = None,
@@ -746,47 +748,7 @@ def _total_variation(delta: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------------- evaluation
 #: the columns of a reference attack (the others, clean predictions and mask statistics, are the same as AdvGAN's)
-REFERENCE_KEYS: tuple[str, ...] = ("adv_prob", "adv_class", "adv_correct", "success", "linf", "l2", "ssim", "l0", "tv")
-
-
-def _probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Positive-class probability of a single-logit model; probability of the labelled class for ``(N, K)``."""
-    if logits.shape[1] == 1:
-        return torch.sigmoid(logits[:, 0].float())
-    return logits.float().softmax(dim=1).gather(1, labels.reshape(-1, 1).long())[:, 0]
-
-
-def score_attack(
-    clean_logits: torch.Tensor,
-    adv_logits: torch.Tensor,
-    labels: torch.Tensor,
-    x: torch.Tensor,
-    x_adv: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    tumour: torch.Tensor | None = None,
-    targets: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
-    """Per-sample columns ``(N,)`` of one attacked batch, through :mod:`medadv_monai.metrics`:
-
-    ``clean_correct``, ``adv_correct``, ``attackable`` (mask not empty), ``success`` (``sample_outcomes``);
-    ``linf``, ``l2``, ``ssim``, ``l0``, ``tv``, ``coverage``, ``area`` (``perturbation_metrics``); ``clean_prob``,
-    ``adv_prob`` (tumour probability of a single-logit model, else the probability of the labelled class) and
-    ``clean_class``, ``adv_class`` (predicted classes).
-    """
-    from medadv_monai.metrics import mask_attackable_samples, perturbation_metrics, prediction, sample_outcomes
-
-    n = x.shape[0]
-    y = labels.reshape(n).long()
-    clean_cls, adv_cls = prediction(clean_logits), prediction(adv_logits)
-    ok = mask_attackable_samples(mask, n).to(y.device)
-    cols: dict[str, torch.Tensor] = {
-        "clean_prob": _probability(clean_logits, y), "adv_prob": _probability(adv_logits, y),
-        "clean_class": clean_cls, "adv_class": adv_cls,
-    }
-    cols.update(sample_outcomes(y, clean_cls, adv_cls, attackable=ok, targets=targets))
-    metrics = perturbation_metrics(x, x_adv, mask=mask, tumour=tumour)
-    cols.update({k: metrics[k] for k in ("linf", "l2", "ssim", "l0", "tv", "coverage", "area")})
-    return {k: v.detach() for k, v in cols.items()}
+REFERENCE_KEYS: tuple[str, ...] = ("adv_prob", "adv_pred", "adv_correct", "success", "linf", "l2", "ssim", "l0", "tv")
 
 
 class AdvGANEvaluator(Evaluator):
@@ -829,7 +791,7 @@ class AdvGANEvaluator(Evaluator):
         targeted: bool = False,
         epoch_length: int | None = None,
         non_blocking: bool = False,
-        prepare_batch: Callable = PrepareBatchExtraInput({TUMOUR_KWARG: "mask"}),
+        prepare_batch: Callable = PREPARE_WITH_TUMOUR,
         iteration_update: Callable[[Engine, Any], Any] | None = None,
         inferer: Inferer | None = None,
         postprocessing: Callable | None = None,

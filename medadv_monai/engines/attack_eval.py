@@ -27,7 +27,7 @@ from monai.utils import CommonKeys as Keys
 from medadv_monai.attacks import AdversarialInferer, PrepareAttackBatch
 from medadv_monai.attacks.registry import attack_kwargs
 from medadv_monai.errors import MedAdvInputError
-from medadv_monai.metrics import mask_attackable_samples, perturbation_metrics, prediction, sample_outcomes, summarize
+from medadv_monai.metrics import mask_attackable_samples, score_attack, summarize
 
 __all__ = ["CLEAN", "AttackCell", "AttackEvaluator", "PerSampleRecorder", "advgan_cells", "expand_grid"]
 
@@ -186,19 +186,12 @@ class AttackEvaluator(SupervisedEvaluator):
             x_adv = x if attackable is None else self._attack(engine, x, labels, mask, targets, attackable)
             adv_logits = engine.network(x_adv)
         tumour = torch.as_tensor(batchdata[self.tumour_key]).to(x.device)
-        outcomes = sample_outcomes(labels, prediction(clean_logits), prediction(adv_logits), attackable, targets)
-        metrics = perturbation_metrics(x, x_adv, mask, tumour)
         per_sample = {
             "subject": list(batchdata.get("subject", [""] * len(x))),
             "slice_index": torch.as_tensor(batchdata.get("slice_index", torch.arange(len(x)))).reshape(-1),
             "label": labels,
             "target": targets if targets is not None else torch.full_like(labels, -1),
-            "clean_prob": _probability(clean_logits),
-            "adv_prob": _probability(adv_logits),
-            "clean_pred": prediction(clean_logits),
-            "adv_pred": prediction(adv_logits),
-            **outcomes,
-            **metrics,
+            **score_attack(clean_logits, adv_logits, labels, x, x_adv, mask, tumour, targets),
         }
         engine.state.output = {Keys.IMAGE: x, Keys.LABEL: y, Keys.PRED: adv_logits, "adv": x_adv,
                                "attack_mask": mask, "tumour": tumour, "per_sample": per_sample}
@@ -221,13 +214,6 @@ class AttackEvaluator(SupervisedEvaluator):
             x_adv[idx] = engine.inferer.perturb(x[idx], engine.network, labels=labels[idx], mask=pick(mask),
                                                 targets=pick(targets))
         return x_adv
-
-
-def _probability(logits: torch.Tensor) -> torch.Tensor:
-    """Probability of the positive class (single logit) or of the predicted class (K classes)."""
-    if logits.shape[1] == 1:
-        return torch.sigmoid(logits.reshape(-1))
-    return torch.softmax(logits, dim=1).amax(dim=1)
 
 
 class PerSampleRecorder:

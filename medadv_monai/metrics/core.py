@@ -35,6 +35,8 @@ from medadv_monai.masks import coverage as mask_coverage
 __all__ = [
     "OUTCOME_KEYS",
     "coverage_bins",
+    "label_probability",
+    "score_attack",
     "mask_attackable_samples",
     "PERTURBATION_KEYS",
     "prediction",
@@ -178,6 +180,41 @@ def summarize(per_sample: Mapping[str, Any], targeted: bool = False) -> dict[str
         finite = values[~torch.isnan(values)]
         out[f"mean_{key}"] = float(finite.mean()) if len(finite) else math.nan
     return out
+
+
+def label_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(N,)``: the tumour (positive-class) probability of a single-logit model; for an ``(N, K)`` model the
+    probability of the labelled class."""
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0].float())
+    return logits.float().softmax(dim=1).gather(1, labels.reshape(-1, 1).long())[:, 0]
+
+
+def score_attack(
+    clean_logits: torch.Tensor,
+    adv_logits: torch.Tensor,
+    labels: torch.Tensor,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    tumour: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-sample columns ``(N,)`` of one attacked batch: the one place every engine scores an attack.
+
+    ``clean_prob`` and ``adv_prob`` (:func:`label_probability`), ``clean_pred`` and ``adv_pred``
+    (:func:`prediction`), the outcomes of :func:`sample_outcomes` (a sample is attackable when its mask is not
+    empty) and the metrics of :func:`perturbation_metrics`.
+    """
+    n = x.shape[0]
+    y = torch.as_tensor(labels).reshape(n).long()
+    clean_pred, adv_pred = prediction(clean_logits), prediction(adv_logits)
+    attackable = mask_attackable_samples(mask, n).to(y.device)
+    cols = {"clean_prob": label_probability(clean_logits, y), "adv_prob": label_probability(adv_logits, y),
+            "clean_pred": clean_pred, "adv_pred": adv_pred}
+    cols.update(sample_outcomes(y, clean_pred, adv_pred, attackable, targets))
+    cols.update(perturbation_metrics(x, x_adv, mask, tumour))
+    return {k: v.detach() for k, v in cols.items()}
 
 
 def coverage_bins(
