@@ -38,7 +38,7 @@ def bench_data(subjects: int = 8, shape: tuple[int, int, int] = (96, 96, 64), re
     pipeline without the cache does); the cache path reads the same slices, in random order, from the shards.
     The two are timed alternately ``repeats`` times and the medians compared.
     """
-    from medadv_monai.cli import load_bundle_config
+    from medadv_monai.bundle import load_bundle_config
     from medadv_monai.data import make_synthetic_brats
 
     with tempfile.TemporaryDirectory() as tmp:

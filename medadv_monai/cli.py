@@ -19,34 +19,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from medadv_monai.errors import MedAdvInputError, find_input_error
+from medadv_monai.bundle import load_bundle_config
+from medadv_monai.errors import find_input_error
 
-__all__ = ["main", "load_bundle_config", "BUNDLES_DIR"]
-
-BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
-DEFAULT_CONFIG = BUNDLES_DIR / "brats_slice_classifier" / "configs" / "train.yaml"
-
-
-def load_bundle_config(config: str | Path | Sequence[str | Path] = DEFAULT_CONFIG, **overrides: Any) -> Any:
-    """Read a bundle config (or a list of them) with MONAI's ``ConfigParser``, apply overrides, return the parser.
-
-    ``bundle_root`` defaults to the folder above ``configs/`` so the bundle works from any directory.
-    """
-    from monai.bundle import ConfigParser
-
-    files = [config] if isinstance(config, (str, Path)) else list(config)
-    for f in files:
-        if not Path(f).is_file():
-            raise MedAdvInputError(f"config file {str(f)!r} does not exist")
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
-    parser["bundle_root"] = str(Path(files[0]).resolve().parents[1])
-    for key, value in overrides.items():
-        parser[key] = value
-    return parser
+__all__ = ["main"]
 
 
 def _datasets(parser: Any) -> tuple[Any, dict]:
@@ -82,13 +60,13 @@ class Commands:
         dl = build_datalist(dataset_dir, out=out, aliases=aliases, fractions=fractions, seed=seed)
         return f"{out}: " + ", ".join(f"{k} {len(v)}" for k, v in dl.items()) + " subjects"
 
-    def cache(self, config: str = str(DEFAULT_CONFIG), **overrides: Any) -> str:
+    def cache(self, config: str | None = None, **overrides: Any) -> str:
         """Build the slice cache of a bundle config by running its `slice_transforms` over every subject."""
         cache, datalist = _datasets(load_bundle_config(config, **overrides))
         figures = cache.build([i for items in datalist.values() for i in items], progress=True)
         return f"slice cache {cache.path}: " + json.dumps(figures)
 
-    def stats(self, config: str = str(DEFAULT_CONFIG), out: str | None = None, **overrides: Any) -> str:
+    def stats(self, config: str | None = None, out: str | None = None, **overrides: Any) -> str:
         """Subjects, slices, positive and negative slices per split (builds the cache if needed)."""
         from medadv_monai.data import format_statistics, split_statistics
         from medadv_monai.utils import save_json

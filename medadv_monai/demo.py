@@ -93,9 +93,9 @@ def _bundle_run(bundle: str, configs: Sequence[str], verbose: bool, **overrides:
     """``python -m monai.bundle run`` of one of the repository's bundles, in this process."""
     from monai.bundle import run
 
-    from medadv_monai.cli import BUNDLES_DIR
+    from medadv_monai.bundle import bundle_path
 
-    root = BUNDLES_DIR / bundle
+    root = bundle_path(bundle)
     run(
         config_file=[str(root / "configs" / c) for c in configs],
         meta_file=str(root / "configs" / "metadata.json"),
@@ -121,7 +121,7 @@ def run_demo(
         settings: what to run (default: :class:`DemoSettings`).
         verbose: show the bundles' INFO logs (every iteration) instead of progress lines only.
     """
-    from medadv_monai.cli import load_bundle_config
+    from medadv_monai.bundle import load_bundle_config
     from medadv_monai.data import make_synthetic_brats, split_statistics
 
     settings = settings or DemoSettings()

@@ -30,7 +30,7 @@ def synth_dir(tmp_path_factory) -> Path:
 
 def classifier_config(dataset_dir: Path, work_dir: Path, **overrides):
     """The classifier bundle's config pointed at ``dataset_dir``, writing under ``work_dir``, 32x32 slices."""
-    from medadv_monai.cli import load_bundle_config
+    from medadv_monai.bundle import load_bundle_config
 
     settings = {"dataset_dir": str(dataset_dir), "work_dir": str(work_dir), "image_size": [32, 32]}
     settings.update(overrides)

@@ -127,7 +127,7 @@ def advgan_cells(
     if isinstance(generator, torch.nn.Module):
         net = generator
     else:
-        from medadv_monai.cli import load_bundle_config
+        from medadv_monai.bundle import load_bundle_config
 
         overrides = {} if modalities is None else {"classifier_overrides": {"modalities": list(modalities)}}
         net = load_bundle_config(generator, **overrides).get_parsed_content("network_def")
