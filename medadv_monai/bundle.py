@@ -38,6 +38,10 @@ def _candidates() -> list[Path]:
 def bundles_dir() -> Path:
     """The folder that holds the project's bundles (see the module docstring for the search order).
 
+    A folder counts when it holds ``brats_slice_classifier/configs/train.yaml``. A non-editable install gets the
+    bundles' configs, docs and licences (not their ``models/``, ``work/``, ``eval/`` or ``runs/``) from
+    ``[tool.setuptools.data-files]`` in ``pyproject.toml``, which puts them under ``<prefix>/share/medadv-monai``.
+
     Raises:
         MedAdvInputError: none of the places holds them (the message names each place looked at).
     """

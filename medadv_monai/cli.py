@@ -43,7 +43,8 @@ class Commands:
 
         Defaults: 40 subjects of 64x64x48 voxels (the demo's dataset).
         """
-        from medadv_monai.data.synthetic import DEFAULT_SHAPE, DEFAULT_SUBJECTS, make_synthetic_brats
+        from medadv_monai.data.synthetic import DEFAULT_SHAPE, DEFAULT_SUBJECTS
+        from medadv_monai.data.synthetic_dataset import make_synthetic_brats
 
         subjects = DEFAULT_SUBJECTS if subjects is None else subjects
         shape = DEFAULT_SHAPE if shape is None else shape
@@ -99,8 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medadv`` console command."""
     import fire
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in args and ({"--help", "-h"} & set(args)):
+        # `cache` and `stats` take any --key as a config override, so fire would read --help as one
+        args = [a for a in args if a not in ("--help", "-h")] + ["--", "--help"]
     try:
-        fire.Fire(Commands, command=list(sys.argv[1:] if argv is None else argv), name="medadv")  # prints results
+        fire.Fire(Commands, command=args, name="medadv")  # prints results
     except Exception as e:  # noqa: BLE001 - turn input errors into one line; keep tracebacks for bugs
         err = find_input_error(e)
         if err is None:

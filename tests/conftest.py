@@ -8,11 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+from tests.helpers import CLASSIFIER_TRAIN, bundle_copy, classifier_config
 
-REPO = Path(__file__).resolve().parents[1]
-CLASSIFIER_TRAIN = REPO / "bundles" / "brats_slice_classifier" / "configs" / "train.yaml"
-REAL_SAMPLE = Path(os.environ.get("MEDADV_REAL_SAMPLE", REPO.parent / "shared" / "data" / "real_sample"))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 TINY_SHAPE = (40, 40, 20)
 TINY_SUBJECTS = 8
@@ -26,15 +24,6 @@ def synth_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "brats"
     make_synthetic_brats(root, subjects=TINY_SUBJECTS, shape=TINY_SHAPE, seed=0)
     return root
-
-
-def classifier_config(dataset_dir: Path, work_dir: Path, **overrides):
-    """The classifier bundle's config pointed at ``dataset_dir``, writing under ``work_dir``, 32x32 slices."""
-    from medadv_monai.bundle import load_bundle_config
-
-    settings = {"dataset_dir": str(dataset_dir), "work_dir": str(work_dir), "image_size": [32, 32]}
-    settings.update(overrides)
-    return load_bundle_config(CLASSIFIER_TRAIN, **settings)
 
 
 @pytest.fixture(scope="session")
@@ -52,12 +41,10 @@ def trained_classifier(synth_dir, tmp_path_factory):
 
     Returns the bundle folder: ``models/model.pt`` is the trained model, ``work/`` its datalist and slice cache.
     """
-    import shutil
-
     from monai.bundle import ConfigWorkflow
 
     bundle = tmp_path_factory.mktemp("trained") / "brats_slice_classifier"
-    shutil.copytree(CLASSIFIER_TRAIN.parents[1], bundle, ignore=shutil.ignore_patterns("models", "eval", "work"))
+    bundle_copy(CLASSIFIER_TRAIN.parents[1], bundle)
     wf = ConfigWorkflow(
         config_file=str(bundle / "configs" / "train.yaml"),
         meta_file=str(bundle / "configs" / "metadata.json"),

@@ -1,4 +1,4 @@
-"""AdvGAN networks, losses, settings, trainer step invariants, evaluator metrics and the benchmark (unit level)."""
+"""AdvGAN networks, losses, settings, trainer step invariants and its evaluation by the attack evaluator (unit level)."""
 
 from __future__ import annotations
 
@@ -12,24 +12,27 @@ import torch.nn.functional as F
 from ignite.engine import Events
 from torch.utils.data import DataLoader
 
-from medadv_monai.engines import (
-    AdvGANEvaluator,
-    AdvGANImageGrid,
-    AdvGANSettings,
-    AdvGANTrainer,
-    AttackSampleWriter,
-    AttackSummary,
-    advgan_scalars,
+from medadv_monai.attacks import AdversarialInferer
+from medadv_monai.engines import AdvGANTrainer, AttackEvaluator, advgan_scalars
+from medadv_monai.errors import MedAdvInputError
+from medadv_monai.handlers import AttackImageGrid, AttackSummary, PerSampleRecorder
+from medadv_monai.losses import (
+    AdvGANDiscriminatorLoss,
+    AdvGANGeneratorLoss,
     attack_loss,
-    attack_mask,
     discriminator_loss,
     generator_gan_loss,
     gradient_penalty,
-    load_generator_checkpoint,
     perturbation_loss,
 )
-from medadv_monai.errors import MedAdvInputError
-from medadv_monai.networks import AdvGANGenerator, PatchDiscriminator, SliceClassifier
+from medadv_monai.masks import AttackMaskd
+from medadv_monai.networks import (
+    AdvGANGenerator,
+    AdvGANSettings,
+    PatchDiscriminator,
+    SliceClassifier,
+    load_generator_checkpoint,
+)
 
 EPS = 8 / 255
 
@@ -139,24 +142,13 @@ def test_perturbation_loss_norms_bound_and_zero_gradient():
         perturbation_loss(d, "linf")
 
 
-def test_attack_mask_kinds():
-    tumour = torch.zeros(2, 1, 16, 16)
-    tumour[0, :, 6:10, 6:10] = 1
-    x = torch.rand(2, 1, 16, 16)
-    assert (attack_mask("none", tumour, x) == 1).all()
-    torch.testing.assert_close(attack_mask("seg", tumour, x), tumour)
-    ring = attack_mask("ring", tumour, x, ring_width=2)
-    assert (ring * tumour == 0).all() and ring[0].sum() > 0 and ring[1].sum() == 0
-    with pytest.raises(MedAdvInputError, match="mask_kind"):
-        attack_mask("patch", tumour, x)
-
-
 # ---------------------------------------------------------------------------------------------- settings
 def test_settings_validate_and_check_saved_configs():
     with pytest.raises(MedAdvInputError, match="eps must be a number in"):
         AdvGANSettings(eps=1.5)
     with pytest.raises(MedAdvInputError, match="mask_kind"):
         AdvGANSettings(eps=EPS, mask_kind="tumour")
+    assert AdvGANSettings(eps=EPS, mask_kind="patch").mask_kind == "patch"
     s = AdvGANSettings(eps=EPS, mask_kind="seg", modalities=["t2"])
     s.load_state_dict(AdvGANSettings(eps=EPS, mask_kind="none", modalities=["t2"]).state_dict())  # warns only
     with pytest.raises(MedAdvInputError, match=r"eps=0\.0156863 \(= 4/255\).*eps=0\.0313725 \(= 8/255\)"):
@@ -184,15 +176,17 @@ def test_generator_checkpoint_roundtrip_and_eps_mismatch(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- engines
-def _loader(n: int = 12, size: int = 16, batch: int = 6) -> DataLoader:
+def _loader(n: int = 12, size: int = 16, batch: int = 6, mask_kind: str = "none", width: int = 2) -> DataLoader:
+    """Slices with a tumour in every other one, and the attack mask made by ``AttackMaskd`` as in the bundles."""
     gen = torch.Generator().manual_seed(0)
+    make_mask = AttackMaskd(keys="mask", output_key="attack_mask", kind=mask_kind, width=width)
     data = []
     for i in range(n):
         tumour = torch.zeros(1, size, size)
         if i % 2:
             tumour[:, 4:9, 5:10] = 1
-        data.append({"image": torch.rand(1, size, size, generator=gen), "label": torch.tensor([float(i % 2)]),
-                     "mask": tumour, "subject": f"s{i // 4}", "slice_index": i})
+        data.append(make_mask({"image": torch.rand(1, size, size, generator=gen), "label": torch.tensor([float(i % 2)]),
+                               "mask": tumour, "subject": f"s{i // 4}", "slice_index": i}))
     return DataLoader(data, batch_size=batch)
 
 
@@ -204,10 +198,11 @@ def _nets(seed: int = 0):
     return g, d, c
 
 
-def _trainer(g, d, c, **kwargs) -> AdvGANTrainer:
+def _trainer(g, d, c, eps=EPS, targeted=False, mask_kind="none", g_loss=None, d_loss=None, **kwargs) -> AdvGANTrainer:
     go = torch.optim.Adam(g.parameters(), 1e-3)
     do = torch.optim.Adam(d.parameters(), 1e-3)
-    return AdvGANTrainer("cpu", kwargs.pop("max_epochs", 1), _loader(), g, go, d, do, c, **kwargs)
+    return AdvGANTrainer("cpu", kwargs.pop("max_epochs", 1), _loader(mask_kind=mask_kind), g, go, d, do, c,
+                         AdvGANSettings(eps=eps, mask_kind=mask_kind, targeted=targeted), g_loss, d_loss, **kwargs)
 
 
 @pytest.mark.parametrize("mask_kind", ["none", "seg", "ring"])
@@ -217,11 +212,11 @@ def test_trainer_step_invariants(mask_kind):
     c_before = {k: v.clone() for k, v in c.state_dict().items()}
     g_before = [p.detach().clone() for p in g.parameters()]
     d_before = [p.detach().clone() for p in d.parameters()]
-    trainer = _trainer(g, d, c, eps=EPS, mask_kind=mask_kind, ring_width=2, lambda_pert=0.1, lambda_tv=0.1,
-                       gp_weight=1.0, d_steps=2, decollate=False)
+    trainer = _trainer(g, d, c, mask_kind=mask_kind, g_loss=AdvGANGeneratorLoss(lambda_pert=0.1, lambda_tv=0.1),
+                       d_loss=AdvGANDiscriminatorLoss(gp_weight=1.0), d_steps=2, decollate=False)
     trainer.run()
     out = trainer.state.output
-    x, adv, m = out["image"], out["adv"], out["mask"]
+    x, adv, m = out["image"], out["adv"], out["attack_mask"]
     assert ((adv - x).abs() <= EPS * m + 1e-6).all()
     assert adv.min() >= 0 and adv.max() <= 1
     assert torch.equal(adv.masked_select(m == 0), x.masked_select(m == 0))
@@ -242,7 +237,7 @@ def test_trainer_step_invariants(mask_kind):
 
 def test_trainer_warmup_skips_the_gan_term_and_decollated_outputs_work():
     g, d, c = _nets()
-    trainer = _trainer(g, d, c, eps=EPS, lambda_gan=1.0, d_warmup_iterations=2, max_epochs=2)
+    trainer = _trainer(g, d, c, g_loss=AdvGANGeneratorLoss(lambda_gan=1.0), d_warmup_iterations=2, max_epochs=2)
     gan = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED,
                               lambda e: gan.append(advgan_scalars(e.state.output)["loss_gan"]))
@@ -250,38 +245,64 @@ def test_trainer_warmup_skips_the_gan_term_and_decollated_outputs_work():
     assert gan[0] == 0.0 and gan[1] == 0.0 and gan[2] != 0.0 and len(gan) == 4
 
 
-def test_trainer_rejects_bad_settings():
+def test_trainer_without_gan_term_leaves_the_discriminator_untouched():
     g, d, c = _nets()
-    for kwargs, match in [({"mask_kind": "patch"}, "mask_kind"), ({"gan_loss": "wgan"}, "GAN loss"),
-                          ({"attack_loss": "l2"}, "attack loss"), ({"eps": 2.0}, "eps must be"),
-                          ({"d_steps": 0}, "d_steps"), ({"lambda_gan": -1.0}, "lambda_gan"),
-                          ({"pert_norm": "linf"}, "perturbation norm")]:
+    before = [p.detach().clone() for p in d.parameters()]
+    trainer = _trainer(g, d, c, g_loss=AdvGANGeneratorLoss(lambda_gan=0.0))
+    trainer.run()
+    assert all(torch.equal(a, b) for a, b in zip(before, d.parameters()))
+    assert advgan_scalars(trainer.state.output)["loss_d"] == 0.0
+
+
+def test_losses_and_trainer_reject_bad_settings():
+    g, d, c = _nets()
+    for make, match in [(lambda: AdvGANGeneratorLoss(gan_loss="wgan"), "GAN loss"),
+                        (lambda: AdvGANGeneratorLoss(attack_loss="l2"), "attack loss"),
+                        (lambda: AdvGANGeneratorLoss(lambda_gan=-1.0), "lambda_gan"),
+                        (lambda: AdvGANGeneratorLoss(pert_norm="linf"), "perturbation norm"),
+                        (lambda: AdvGANDiscriminatorLoss(gp_weight=-1.0), "gp_weight"),
+                        (lambda: _trainer(g, d, c, eps=2.0), "eps must be"),
+                        (lambda: _trainer(g, d, c, d_steps=0), "d_steps"),
+                        (lambda: AdvGANTrainer("cpu", 1, _loader(), g, None, d, None, c, settings={"eps": EPS}),
+                         "AdvGANSettings")]:
         with pytest.raises(MedAdvInputError, match=match):
-            _trainer(g, d, c, **kwargs)
+            make()
+
+
+def test_trainer_needs_the_attack_mask_in_the_batch():
+    g, d, c = _nets()
+    trainer = _trainer(g, d, c)
+    trainer.data_loader = DataLoader([{"image": torch.rand(1, 16, 16), "label": torch.tensor([1.0])}], batch_size=1)
+    with pytest.raises(MedAdvInputError, match="attack_mask.* missing from the batch"):
+        trainer.run()
 
 
 def test_targeted_trainer_runs_and_k_class_model_needs_targets():
     g, d, c = _nets()
-    _trainer(g, d, c, eps=EPS, targeted=True, attack_loss="ce").run()
+    _trainer(g, d, c, targeted=True, g_loss=AdvGANGeneratorLoss(attack_loss="ce")).run()
     c3 = SliceClassifier(1, channels=(4, 8), num_classes=3).eval()
     with pytest.raises(MedAdvInputError, match="targets"):
-        _trainer(g, d, c3, eps=EPS, targeted=True, attack_loss="ce").run()  # no default target for K > 2
+        _trainer(g, d, c3, targeted=True, g_loss=AdvGANGeneratorLoss(attack_loss="ce")).run()  # no default for K > 2
 
 
-def test_evaluator_summary_writer_and_grid(tmp_path):
+def test_evaluator_runs_the_generator_with_references_summary_recorder_and_grid(tmp_path):
     g, _, c = _nets()
+    g.train()  # under evaluation it must run in eval mode and be left as it was
     images = []
 
     class Writer:
         def add_image(self, tag, img, global_step=None, dataformats="CHW"):
             images.append((tag, tuple(img.shape), global_step))
 
-    ev = AdvGANEvaluator("cpu", _loader(), c, g, eps=EPS, mask_kind="seg",
-                         reference_attacks={"pgd10": {"attack": "pgd", "steps": 10}},
+    advgan = AdversarialInferer("advgan", eps=EPS, generator=g)
+    refs = {"pgd10": AdversarialInferer("pgd", eps=EPS, steps=10)}
+    ev = AttackEvaluator("cpu", _loader(mask_kind="seg"), c, inferer=advgan, reference_attacks=refs, eval_modules=[g],
                          key_val_metric={"val_asr": AttackSummary("asr", prefix="val_")},
-                         additional_metrics={"pgd10": AttackSummary("asr", prefix="pgd10_", column_prefix="pgd10_")},
-                         val_handlers=[AttackSampleWriter(tmp_path), AdvGANImageGrid(Writer(), max_samples=4)])
+                         additional_metrics=AttackSummary.for_references(refs),
+                         val_handlers=[PerSampleRecorder(tmp_path, save_images=True),
+                                       AttackImageGrid(Writer(), max_samples=4, eps=EPS)])
     ev.run()
+    assert g.training
     m = ev.state.metrics
     assert m["val_n"] == 12 and m["val_n_attackable"] == 6  # seg mask: the 6 tumour slices
     for k in ("val_asr", "val_robust_acc", "val_clean_acc", "val_mean_linf", "val_mean_l2", "val_mean_ssim",
@@ -293,25 +314,23 @@ def test_evaluator_summary_writer_and_grid(tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == 12 and [int(r["row"]) for r in rows] == list(range(12))
     for r in rows:
-        assert {"subject", "slice_index", "label", "clean_prob", "adv_prob", "success", "linf", "l2", "ssim",
+        assert {"subject", "slice_index", "label", "target", "clean_prob", "adv_prob", "success", "linf", "l2", "ssim",
                 "pgd10_success", "pgd10_linf"} <= set(r)
         assert float(r["linf"]) <= EPS + 1e-6 and 0 <= float(r["adv_prob"]) <= 1
         if r["label"] == "0":
-            assert float(r["linf"]) == 0.0 and r["attackable"] == "0"  # no tumour: nothing to perturb
+            assert float(r["linf"]) == 0.0 and r["attackable"] == "False"  # no tumour: nothing to perturb
     adv = np.load(tmp_path / "adversarial.npy")
     assert adv.shape == (12, 1, 16, 16) and adv.dtype == np.float32
-    assert images == [("advgan/clean_adv_diff_mask", (1, 4 * 16 + 3, 4 * 16 + 3), 1)]
+    assert images == [("attack/clean_adv_diff_mask", (1, 4 * 16, 4 * 16), 1)]
+
+
+def test_evaluator_rejects_an_attack_that_is_not_an_inferer():
+    _, _, c = _nets()
+    with pytest.raises(MedAdvInputError, match="AdversarialInferer"):
+        AttackEvaluator("cpu", _loader(), c, inferer="pgd")
 
 
 def test_attack_summary_needs_per_sample_columns():
     s = AttackSummary()
     with pytest.raises(MedAdvInputError, match="success"):
-        s.update([{"image": torch.zeros(1)}])
-
-
-def test_bench_advgan_reports_per_image_times():
-    from medadv_monai.attacks.bench import bench_advgan
-
-    out = bench_advgan(batch=4, shape=(1, 32, 32), repeats=1)
-    assert out["advgan_s_per_image"] > 0 and out["pgd10_s_per_image"] > 0
-    assert out["speedup"] == pytest.approx(out["pgd10_s_per_image"] / out["advgan_s_per_image"], rel=1.0)
+        s.update({"image": torch.zeros(1)})

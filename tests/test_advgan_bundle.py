@@ -14,28 +14,10 @@ from monai.bundle import ConfigWorkflow
 
 from medadv_monai.errors import MedAdvInputError, find_input_error
 from medadv_monai.networks import AdvGANGenerator, SliceClassifier
-from tests.conftest import REPO
-
-BUNDLE = REPO / "bundles" / "brats_advgan"
+from tests.helpers import ADVGAN_BUNDLE as BUNDLE
+from tests.helpers import CLASSIFIER_BUNDLE, bundle_copy, workflow
 EPS = 8 / 255
 pytestmark = pytest.mark.slow
-
-
-def bundle_copy(dst: Path) -> Path:
-    """A copy of the bundle (configs and docs only) so runs write nothing into the repository."""
-    shutil.copytree(BUNDLE, dst, ignore=shutil.ignore_patterns("models", "eval", "work"))
-    return dst
-
-
-def workflow(bundle: Path, files: list[str], workflow_type: str, **kwargs) -> ConfigWorkflow:
-    return ConfigWorkflow(
-        config_file=[str(bundle / "configs" / f) for f in files],
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        workflow_type=workflow_type,
-        bundle_root=str(bundle),
-        **kwargs,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +45,7 @@ def classifier_ckpt(synth_config, tmp_path_factory) -> Path:
 def settings(synth_dir, synth_config, classifier_ckpt) -> dict:
     """Overrides: the tiny data, the classifier's work dir (same datalist and slice cache), 32x32 slices."""
     return {"dataset_dir": str(synth_dir), "work_dir": synth_config["work_dir"],
-            "classifier_bundle": str(REPO / "bundles" / "brats_slice_classifier"),
+            "classifier_bundle": str(CLASSIFIER_BUNDLE),
             "classifier_overrides": {"image_size": [32, 32]},
             "classifier_ckpt": str(classifier_ckpt), "batch_size": 16, "d_warmup_iterations": 2}
 
@@ -71,7 +53,7 @@ def settings(synth_dir, synth_config, classifier_ckpt) -> dict:
 @pytest.fixture(scope="module")
 def trained(settings, tmp_path_factory) -> Path:
     """The bundle trained for 2 epochs through ConfigWorkflow (run from the bundle copy, not the cwd)."""
-    bundle = bundle_copy(tmp_path_factory.mktemp("gan") / "brats_advgan")
+    bundle = bundle_copy(BUNDLE, tmp_path_factory.mktemp("gan") / "brats_advgan")
     wf = workflow(bundle, ["train.yaml"], "train", **settings, **{"train#trainer#max_epochs": 2})
     wf.initialize()
     assert not wf.check_properties()
@@ -80,6 +62,12 @@ def trained(settings, tmp_path_factory) -> Path:
     wf.run()
     wf.finalize()
     return bundle
+
+
+def infer_settings(settings: dict, **ids) -> dict:
+    """The inference config's own ids, and every other training setting through train_overrides."""
+    own = {k: settings[k] for k in ("dataset_dir",)}
+    return {**own, "train_overrides": {k: v for k, v in settings.items() if k not in own}, **ids}
 
 
 def test_train_writes_generator_checkpoints_and_tensorboard(trained):
@@ -111,19 +99,19 @@ def test_train_writes_generator_checkpoints_and_tensorboard(trained):
 def test_inference_keeps_the_budget_and_the_mask(trained, settings, mask_kind):
     """The trained generator's outputs on the test split: |x' - x| <= eps m, x' in [0, 1], x' == x where m == 0."""
     out_dir = trained / "eval" / mask_kind
-    wf = workflow(trained, ["train.yaml", "inference.yaml"], "infer", **settings, mask_kind=mask_kind,
-                  infer_dir=str(out_dir), **{"validate#reference_attacks": {}})
+    wf = workflow(trained, ["inference.yaml"], "infer", **infer_settings(settings, mask_kind=mask_kind,
+                                                                          infer_dir=str(out_dir), reference_attacks={}))
     wf.initialize()
     assert not wf.check_properties()
     wf.run()
     wf.finalize()
     adv = torch.from_numpy(np.load(out_dir / "adversarial.npy"))
-    ds = wf.parser.get_parsed_content("validate#dataset")
+    ds = wf.parser.get_parsed_content("dataset")
     x = torch.stack([ds[i]["image"] for i in range(len(ds))])
     tumour = torch.stack([ds[i]["mask"] for i in range(len(ds))])
-    from medadv_monai.engines import attack_mask
+    from medadv_monai.masks import make_attack_mask
 
-    m = attack_mask(mask_kind, tumour, x, ring_width=3)
+    m = make_attack_mask(mask_kind, tumour, width=3, like=x)
     assert adv.shape == x.shape and m.sum() > 0
     assert ((adv - x).abs() <= EPS * m + 1e-6).all()
     assert adv.min() >= 0 and adv.max() <= 1
@@ -139,7 +127,7 @@ def test_inference_keeps_the_budget_and_the_mask(trained, settings, mask_kind):
 
 def test_inference_compares_with_pgd10(trained, settings):
     out_dir = trained / "eval" / "pgd"
-    wf = workflow(trained, ["train.yaml", "inference.yaml"], "infer", **settings, infer_dir=str(out_dir))
+    wf = workflow(trained, ["inference.yaml"], "infer", **infer_settings(settings, infer_dir=str(out_dir)))
     wf.initialize()
     wf.run()
     wf.finalize()
@@ -152,7 +140,7 @@ def test_inference_compares_with_pgd10(trained, settings):
 
 
 def test_generator_with_another_eps_is_refused(trained, settings):
-    wf = workflow(trained, ["train.yaml", "inference.yaml"], "infer", **settings, eps=4 / 255)
+    wf = workflow(trained, ["inference.yaml"], "infer", **infer_settings(settings, eps=4 / 255))
     with pytest.raises(Exception) as info:
         wf.initialize()
     err = find_input_error(info.value)
@@ -161,7 +149,7 @@ def test_generator_with_another_eps_is_refused(trained, settings):
 
 
 def test_bad_config_names_are_clear(trained, settings):
-    for override, match in [({"mask_kind": "tumour"}, "mask_kind"), ({"gan_loss": "wgan"}, "GAN loss"),
+    for override, match in [({"mask_kind": "tumour"}, "got 'tumour'"), ({"gan_loss": "wgan"}, "GAN loss"),
                             ({"eps": 1.5}, "eps must be")]:
         wf = workflow(trained, ["train.yaml"], "train", **settings, **override)
         with pytest.raises(Exception) as info:

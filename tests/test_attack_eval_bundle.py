@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.test_classifier_bundle import run_cli
-
-BUNDLE = REPO / "bundles" / "brats_attack_eval"
+from tests.helpers import ATTACK_EVAL_BUNDLE as BUNDLE
+from tests.helpers import run_cli
 pytestmark = pytest.mark.slow
 
 

@@ -1,4 +1,4 @@
-"""Tests of the MONAI wrappers (transforms, inferer + prepare_batch in a real SupervisedEvaluator) and the benchmark."""
+"""Tests of the MONAI wrappers (transforms, inferer + prepare_batch in a real SupervisedEvaluator)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from medadv_monai.attacks import (
     AdversarialPerturb,
     AdversarialPerturbd,
     PrepareAttackBatch,
-    bench_pgd,
     fgsm,
     pgd,
     run_attack,
@@ -186,13 +185,3 @@ def test_prepare_attack_batch() -> None:
     assert torch.equal(label, kwargs["labels"])
     with pytest.raises(MedAdvInputError, match="mask key 'nope' is missing"):
         PrepareAttackBatch(mask_key="nope")(batch)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# benchmark smoke test (no timing assertions)
-# ----------------------------------------------------------------------------------------------------------------
-def test_bench_pgd_smoke() -> None:
-    r = bench_pgd(batch=2, shape=(1, 16, 16), repeats=1)
-    assert {"pgd_s", "limit_s", "ratio", "peak_mem_mb", "device", "batch", "shape"} <= set(r)
-    assert r["pgd_s"] > 0 and r["limit_s"] > 0 and r["ratio"] > 0
-    assert r["device"] == "cpu" and r["batch"] == 2 and tuple(r["shape"]) == (1, 16, 16)

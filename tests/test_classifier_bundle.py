@@ -15,39 +15,13 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from medadv_monai.networks import SliceClassifier
-from tests.conftest import REPO
-
-BUNDLE = REPO / "bundles" / "brats_slice_classifier"
+from tests.helpers import CLASSIFIER_BUNDLE as BUNDLE
+from tests.helpers import bundle_copy, run_cli, workflow
 pytestmark = pytest.mark.slow
-
-
-def bundle_copy(dst: Path) -> Path:
-    """A copy of the bundle (configs and docs only) so runs write nothing into the repository."""
-    shutil.copytree(BUNDLE, dst, ignore=shutil.ignore_patterns("models", "eval", "work"))
-    return dst
 
 
 def overrides(synth_dir: Path, work: Path, **extra) -> dict:
     return {"dataset_dir": str(synth_dir), "work_dir": str(work), "image_size": [32, 32], "batch_size": 16, **extra}
-
-
-def workflow(bundle: Path, files: list[str], workflow_type: str, **kwargs) -> ConfigWorkflow:
-    return ConfigWorkflow(
-        config_file=[str(bundle / "configs" / f) for f in files],
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        workflow_type=workflow_type,
-        bundle_root=str(bundle),
-        **kwargs,
-    )
-
-
-def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +70,9 @@ def test_evaluate_and_inference_from_another_directory(trained, synth_dir, tmp_p
     assert all(0.0 <= float(r["probability"]) <= 1.0 and r["label"] in ("0", "1") for r in rows)
     assert len({(r["subject"], r["slice_index"]) for r in rows}) == len(rows)  # one row per slice
 
-    wf = workflow(trained, ["train.yaml", "inference.yaml"], "infer", **settings)
+    own = ("dataset_dir", "work_dir")  # inference.yaml runs on its own; other train.yaml ids go via train_overrides
+    wf = workflow(trained, ["inference.yaml"], "infer", **{k: settings[k] for k in own},
+                  train_overrides={k: v for k, v in settings.items() if k not in own})
     wf.initialize()
     assert not wf.check_properties()
     wf.run()
@@ -128,7 +104,7 @@ def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
 
 
 def test_modality_swap_trains_a_two_channel_model(synth_dir, tmp_path):
-    bundle = bundle_copy(tmp_path / "brats_slice_classifier")
+    bundle = bundle_copy(BUNDLE, tmp_path / "brats_slice_classifier")
     wf = workflow(bundle, ["train.yaml"], "train", **overrides(
         synth_dir, tmp_path / "work", modalities=["t1ce", "flair"], **{"train#trainer#max_epochs": 1}))
     wf.initialize()
@@ -139,7 +115,7 @@ def test_modality_swap_trains_a_two_channel_model(synth_dir, tmp_path):
 
 
 def test_training_resumes_from_its_last_checkpoint(synth_dir, tmp_path):
-    bundle = bundle_copy(tmp_path / "brats_slice_classifier")
+    bundle = bundle_copy(BUNDLE, tmp_path / "brats_slice_classifier")
     settings = overrides(synth_dir, tmp_path / "work")
     for epochs in (1, 2):
         wf = workflow(bundle, ["train.yaml"], "train", **settings, **{"train#trainer#max_epochs": epochs})
@@ -155,7 +131,7 @@ def test_training_resumes_from_its_last_checkpoint(synth_dir, tmp_path):
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_multi_gpu_config_runs_two_gloo_processes_on_cpu(synth_dir, tmp_path):
-    bundle = bundle_copy(tmp_path / "brats_slice_classifier")
+    bundle = bundle_copy(BUNDLE, tmp_path / "brats_slice_classifier")
     settings = overrides(synth_dir, tmp_path / "work", **{"train#trainer#max_epochs": 1})
     args = [f"--{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in settings.items()]
     files = f"['{bundle / 'configs' / 'train.yaml'}','{bundle / 'configs' / 'multi_gpu_train.yaml'}']"

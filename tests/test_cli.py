@@ -43,6 +43,8 @@ def test_bench_quick_writes_json(tmp_path, capsys):
     figures = json.loads(out.read_text())
     assert figures["data"]["cache_slices_per_s"] > 0 and figures["data"]["nifti_slices_per_s"] > 0
     assert figures["data"]["peak_rss_mb"] > 0
-    assert figures["attacks"]["cpu"]["ratio"] > 0
+    assert figures["attacks"]["cpu"]["ratio"] > 0 and figures["attacks"]["cpu"]["model"] == "SliceClassifier"
+    assert figures["attacks"]["cpu"]["shape"] == [1, 64, 64]  # the bundles' default input, also when quick
     assert figures["advgan"]["cpu"]["speedup"] > 0 and figures["advgan"]["peak_rss_mb"] > 0
+    assert figures["advgan"]["cpu"]["generator"] == "AdvGANGenerator"
     assert "[data]" in capsys.readouterr().out

@@ -23,7 +23,7 @@ from medadv_monai.data import (
     split_subjects,
 )
 from medadv_monai.errors import MedAdvInputError, find_input_error
-from tests.conftest import REAL_SAMPLE, classifier_config
+from tests.helpers import REAL_SAMPLE, classifier_config
 
 MODS = ("t1", "t1ce", "t2", "flair")
 

@@ -57,7 +57,7 @@ def test_outcomes_and_summary_definitions():
     assert s["mean_l2"] == pytest.approx(1.5)  # NaN ignored
     targets = 1 - labels
     t = sample_outcomes(labels, clean, adv, attackable, targets)
-    ts = summarize({**t, "labels": labels, "targets": targets}, targeted=True)
+    ts = summarize({**t, "label": labels, "target": targets}, targeted=True)
     assert t["success"].tolist() == [True, False, True, False, False]
     assert ts["targeted_success"] == 2 / 4
 

@@ -15,29 +15,12 @@ import torch
 
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.networks import SliceClassifier, load_weights
-from tests.conftest import REPO
+from tests.helpers import ATTACK_EVAL_BUNDLE as ATTACK_EVAL
+from tests.helpers import CLASSIFIER_BUNDLE as CLASSIFIER
+from tests.helpers import REPO, bundle_cmd, run, workflow
+from tests.helpers import bundle_copy as copy_bundle
 
 pytestmark = pytest.mark.slow
-CLASSIFIER = REPO / "bundles" / "brats_slice_classifier"
-ATTACK_EVAL = REPO / "bundles" / "brats_attack_eval"
-
-
-def bundle_cmd(bundle: Path, configs: list[str], **overrides) -> list[str]:
-    files = "[" + ",".join(f"'{bundle / 'configs' / c}'" for c in configs) + "]"
-    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, "--bundle_root", str(bundle)]
-    for key, value in overrides.items():
-        args += [f"--{key}", value if isinstance(value, str) else repr(value)]
-    return args
-
-
-def run(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def copy_bundle(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("models", "eval", "work"))
-    return dst
 
 
 def train_overrides(synth_dir: Path, work: Path, out: Path, epochs: int = 3) -> dict:
@@ -96,7 +79,6 @@ def test_killed_training_resumes_to_the_same_final_metrics(synth_dir, tmp_path):
 
 # ------------------------------------------------------------------------------------------ determinism
 def test_same_seed_same_metrics_stage1(synth_dir, tmp_path):
-    from tests.test_classifier_bundle import workflow
 
     bundle = copy_bundle(CLASSIFIER, tmp_path / "b")
     texts = []
@@ -193,7 +175,7 @@ def test_stage3_bad_input_ends_in_one_clear_line(trained_classifier, synth_dir, 
             "classifier_overrides": "{'image_size': [32, 32]}", "output_dir": str(tmp_path / "out")}
     cases = [
         ({"classifier_ckpt": str(wrong)}, f"error: checkpoint '{wrong}' does not fit SliceClassifier"),
-        ({"eps": "[1.5]"}, "error: eps 1.5 in the grid is outside [0, 1]"),
+        ({"eps": "[1.5]"}, "error: eps in the grid must be a number in [0, 1]"),
         ({"attacks": "{'pgd': {'alpha': 0}}"}, "error: alpha must be a finite step size > 0, got 0"),
         ({"masks": "{'big': {'_target_': 'medadv_monai.masks.AttackMaskd', 'keys': 'mask', 'kind': 'patch', "
                    "'patch': {'size': [40, 8], 'units': 'px'}}}"}, "error: "),

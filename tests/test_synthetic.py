@@ -9,7 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medadv_monai.data.synthetic import MIN_BRAIN_INTENSITY, MODALITIES, make_synthetic_brats, synthetic_subject
+from medadv_monai.data.synthetic import MIN_BRAIN_INTENSITY, MODALITIES, synthetic_subject
+from medadv_monai.data.synthetic_dataset import make_synthetic_brats
 from medadv_monai.errors import MedAdvInputError
 
 SHAPE = (32, 32, 24)

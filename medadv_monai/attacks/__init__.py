@@ -4,7 +4,7 @@ Attacks (one small module each, all thin loops over :mod:`medadv_monai.attacks._
 :func:`fgsm`, :func:`bim`, :func:`pgd`, :func:`mifgsm`, and :func:`advgan` (a trained generator, one pass). Look them up by name with :func:`get_attack` or run
 them with the default budget via :func:`run_attack`. MONAI integration: :class:`AdversarialPerturb`,
 :class:`AdversarialPerturbd` (transforms), :class:`AdversarialInferer` and :class:`PrepareAttackBatch`
-(engines). :func:`bench_pgd` times PGD against plain forward+backward passes.
+(engines). The benchmarks live in :mod:`medadv_monai.bench`.
 """
 
 from __future__ import annotations
@@ -26,14 +26,12 @@ from medadv_monai.attacks.registry import (
     run_attack,
 )
 
-# The MONAI wrappers and the benchmark import lazily (PEP 562), so ``import medadv_monai.attacks`` stays light.
+# The MONAI wrappers import lazily (PEP 562), so ``import medadv_monai.attacks`` stays light.
 _LAZY = {
     "AdversarialInferer": "medadv_monai.attacks.inferer",
     "PrepareAttackBatch": "medadv_monai.attacks.inferer",
     "AdversarialPerturb": "medadv_monai.attacks.transforms",
     "AdversarialPerturbd": "medadv_monai.attacks.transforms",
-    "bench_advgan": "medadv_monai.attacks.bench",
-    "bench_pgd": "medadv_monai.attacks.bench",
 }
 
 __all__ = [
@@ -47,8 +45,6 @@ __all__ = [
     "apply_delta",
     "attack_kwargs",
     "available_attacks",
-    "bench_advgan",
-    "bench_pgd",
     "bim",
     "default_alpha",
     "fgsm",

@@ -19,7 +19,6 @@ Validation happens once, up front (:func:`prepare`); the per-step helpers do no 
 from __future__ import annotations
 
 import contextlib
-import math
 import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -27,6 +26,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from medadv_monai.attacks.checks import fmt, per_sample
 from medadv_monai.errors import MedAdvInputError
 
 __all__ = [
@@ -34,9 +34,6 @@ __all__ = [
     "AttackSetup",
     "prepare",
     "check_budget",
-    "check_alpha",
-    "check_steps",
-    "check_decay",
     "grad_context",
     "random_start",
     "project_delta_start",
@@ -49,10 +46,6 @@ LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
 """``loss_fn(output, target) -> (N,)`` per-sample loss."""
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.6g}"
-
-
 def _as_plain(t: torch.Tensor) -> torch.Tensor:
     """Detach and drop tensor subclasses (e.g. MONAI ``MetaTensor``) so the hot loop runs on plain tensors."""
     t = t.detach()
@@ -62,60 +55,6 @@ def _as_plain(t: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(False):
             t = t.clone()
     return t
-
-
-def _per_sample(value: Any, name: str, n: int, ndim: int, x: torch.Tensor) -> tuple[float | torch.Tensor, float, float]:
-    """Normalise a float or per-sample ``(N,)`` tensor to a float or an ``(N, 1, ..., 1)`` tensor.
-
-    Returns the normalised value and its min and max (for validation).
-    """
-    if isinstance(value, bool):
-        raise MedAdvInputError(f"{name} must be a float or a per-sample tensor of shape ({n},), got bool {value!r}")
-    if isinstance(value, numbers.Real):
-        v = float(value)
-        return v, v, v
-    if isinstance(value, torch.Tensor) or hasattr(value, "__array__"):
-        t = torch.as_tensor(value)
-        if t.dtype == torch.bool or t.is_complex():
-            raise MedAdvInputError(f"{name} must be a real float or tensor, got dtype {t.dtype}")
-        if t.ndim == 0 or (t.ndim == 1 and t.numel() == 1 and n != 1):
-            v = float(t.reshape(()).item())
-            return v, v, v
-        if t.shape != (n,):
-            raise MedAdvInputError(
-                f"{name} must be a float or a per-sample tensor of shape ({n},) for a batch of {n}, "
-                f"got shape {tuple(t.shape)}"
-            )
-        t = t.detach().to(device=x.device, dtype=x.dtype)
-        lo, hi = torch.aminmax(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t)  # NaN propagates
-        lo_v, hi_v = (float(v) for v in torch.stack([lo, hi]).tolist())
-        return t.reshape((n,) + (1,) * (ndim - 1)), lo_v, hi_v
-    raise MedAdvInputError(f"{name} must be a float or a per-sample tensor of shape ({n},), got {type(value).__name__}")
-
-
-def check_alpha(alpha: Any, x: torch.Tensor) -> float | torch.Tensor:
-    """Validate the step size ``alpha > 0`` (float or per-sample ``(N,)``); return it broadcastable to ``x``."""
-    a, lo, hi = _per_sample(alpha, "alpha", x.shape[0], x.ndim, x)
-    if not (lo > 0) or not math.isfinite(hi):
-        bad = lo if not (lo > 0) else hi
-        raise MedAdvInputError(f"alpha must be a finite step size > 0, got {_fmt(bad)}")
-    return a
-
-
-def check_steps(steps: Any) -> int:
-    """Validate the number of iterations ``steps >= 1`` (an integer)."""
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
-        raise MedAdvInputError(f"steps must be an integer >= 1, got {steps!r}")
-    if steps < 1:
-        raise MedAdvInputError(f"steps must be an integer >= 1, got {steps}")
-    return int(steps)
-
-
-def check_decay(decay: Any) -> float:
-    """Validate the MI-FGSM momentum decay (a finite float >= 0)."""
-    if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not math.isfinite(decay) or decay < 0:
-        raise MedAdvInputError(f"decay must be a finite float >= 0, got {decay!r}")
-    return float(decay)
 
 
 @contextlib.contextmanager
@@ -184,20 +123,20 @@ class _Objective:
         y = self.y.to(out.device)
         if k == 1:
             if not (integral and lo in (0.0, 1.0) and hi in (0.0, 1.0)):
-                what = _fmt(nonint) if not integral else _fmt(lo if lo not in (0.0, 1.0) else hi)
+                what = fmt(nonint) if not integral else fmt(lo if lo not in (0.0, 1.0) else hi)
                 raise MedAdvInputError(
                     f"labels for a single-logit (N, 1) model must be 0 or 1, got {what} "
-                    f"(label range [{_fmt(lo)}, {_fmt(hi)}])"
+                    f"(label range [{fmt(lo)}, {fmt(hi)}])"
                 )
             self._bce = True
             self.y = y.reshape(n).to(out.dtype)
         else:
             if not integral or lo < 0 or hi > k - 1:
                 bad = lo if lo < 0 else hi
-                what = f"non-integer {_fmt(nonint)}" if not integral else _fmt(bad)
+                what = f"non-integer {fmt(nonint)}" if not integral else fmt(bad)
                 raise MedAdvInputError(
                     f"labels for a {k}-class model must be integer class ids in [0, {k - 1}], got {what} "
-                    f"(label range [{_fmt(lo)}, {_fmt(hi)}])"
+                    f"(label range [{fmt(lo)}, {fmt(hi)}])"
                 )
             self.y = y.reshape(n).long()
 
@@ -276,15 +215,15 @@ def check_budget(x: torch.Tensor, eps: Any, mask: Any) -> tuple[torch.Tensor, fl
     x_lo, x_hi, x_nan = torch.stack([xs.min(), xs.max(), torch.isnan(xs).any().to(xs.dtype)]).tolist()
     if x_nan or x_lo < 0 or x_hi > 1:
         raise MedAdvInputError(
-            f"x must have values in [0, 1], got min {_fmt(x_lo)}, max {_fmt(x_hi)}"
+            f"x must have values in [0, 1], got min {fmt(x_lo)}, max {fmt(x_hi)}"
             + (" and NaNs" if x_nan else "")
             + "; scale intensities to [0, 1] first"
         )
 
-    e, e_lo, e_hi = _per_sample(eps, "eps", n, x.ndim, x)
+    e, e_lo, e_hi = per_sample(eps, "eps", n, x.ndim, x)
     if not (0 <= e_lo <= 1) or not (0 <= e_hi <= 1):
         bad = e_lo if not (0 <= e_lo <= 1) else e_hi
-        raise MedAdvInputError(f"eps must be in [0, 1] (inputs live in [0, 1]), got {_fmt(bad)}")
+        raise MedAdvInputError(f"eps must be in [0, 1] (inputs live in [0, 1]), got {fmt(bad)}")
 
     budget: float | torch.Tensor = e
     if mask is not None:
@@ -305,7 +244,7 @@ def check_budget(x: torch.Tensor, eps: Any, mask: Any) -> tuple[torch.Tensor, fl
         m_lo, m_hi, m_nan = torch.stack([ms.min(), ms.max(), torch.isnan(ms).any().to(ms.dtype)]).tolist()
         if m_nan or m_lo < 0 or m_hi > 1:
             raise MedAdvInputError(
-                f"mask must have values in [0, 1], got min {_fmt(m_lo)}, max {_fmt(m_hi)}"
+                f"mask must have values in [0, 1], got min {fmt(m_lo)}, max {fmt(m_hi)}"
                 + (" and NaNs" if m_nan else "")
             )
         budget = m * e

@@ -26,6 +26,7 @@ from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
 
 from medadv_monai.attacks.registry import _canonical, attack_kwargs, get_attack
+from medadv_monai.attacks.targets import default_targets
 from medadv_monai.errors import MedAdvInputError
 
 __all__ = ["AdversarialInferer", "PrepareAttackBatch"]
@@ -83,19 +84,7 @@ class AdversarialInferer(Inferer):
                 "a targeted AdversarialInferer needs targets= (PrepareAttackBatch(target_key=...)) or, for a "
                 "single-logit or 2-class model, labels= to flip; got neither"
             )
-        k = self._num_outputs(key, model, inputs)
-        if k > 2:
-            raise MedAdvInputError(
-                f"a targeted attack on a {k}-class model needs explicit targets (PrepareAttackBatch(target_key=...)); "
-                f"the default target 1 - label only exists for a single-logit or 2-class model"
-            )
-        lab = torch.as_tensor(labels)
-        if not bool(((lab == 0) | (lab == 1)).all()):
-            raise MedAdvInputError(
-                f"default targets 1 - label need labels in {{0, 1}}, got values in "
-                f"[{lab.min().item():.6g}, {lab.max().item():.6g}]"
-            )
-        return 1 - lab
+        return default_targets(labels, self._num_outputs(key, model, inputs))
 
     def _perturb(
         self, inputs: torch.Tensor, model: Callable[..., Any], key: Any, labels: Any, mask: Any, targets: Any

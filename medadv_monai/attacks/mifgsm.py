@@ -6,15 +6,9 @@ from typing import Any, Callable
 
 import torch
 
-from medadv_monai.attacks._core import (
-    LossFn,
-    check_alpha,
-    check_decay,
-    check_steps,
-    grad_context,
-    prepare,
-    run_sign_loop,
-)
+from medadv_monai.attacks.checks import check_alpha, check_decay, check_steps
+from medadv_monai.attacks._core import LossFn, grad_context, prepare, run_sign_loop
+
 
 __all__ = ["mifgsm"]
 

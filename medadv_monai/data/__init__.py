@@ -23,7 +23,7 @@ from medadv_monai.data.datalist import (
     split_subjects,
 )
 from medadv_monai.data.stats import format_statistics, split_statistics
-from medadv_monai.data.synthetic import make_synthetic_brats
+from medadv_monai.data.synthetic_dataset import make_synthetic_brats
 from medadv_monai.data.transforms import (
     ExtractAxialSlicesd,
     LoadVolumesd,

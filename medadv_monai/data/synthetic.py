@@ -1,6 +1,8 @@
 """A seeded synthetic BraTS 2021 look-alike, so that every pipeline runs and is tested without the real data.
 
-:func:`make_synthetic_brats` writes one folder per subject in the BraTS 2021 layout::
+:func:`synthetic_subject` draws one subject's four modalities and segmentation;
+:func:`~medadv_monai.data.synthetic_dataset.make_synthetic_brats` writes one folder per subject in the BraTS 2021
+layout::
 
     out_dir/BraTS2021_00000/BraTS2021_00000_t1.nii.gz
                             BraTS2021_00000_t1ce.nii.gz
@@ -55,15 +57,12 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from medadv_monai.errors import MedAdvInputError
-from medadv_monai.utils import atomic_dir
 
 __all__ = [
     "DEFAULT_SHAPE",
@@ -76,7 +75,7 @@ __all__ = [
     "subject_name",
     "has_tumour",
     "synthetic_subject",
-    "make_synthetic_brats",
+    "check_args",
 ]
 
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -118,7 +117,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_args(
+def check_args(
     subjects: object, shape: object, seed: object, tumour_fraction: object, noise: object, bias: object
 ) -> tuple[int, tuple[int, int, int], int, float, float, float]:
     """Validate and normalise the generator's arguments; raise :class:`MedAdvInputError` naming the bad one."""
@@ -398,7 +397,7 @@ def synthetic_subject(
     """
     if not _is_int(index) or int(index) < 0:
         raise _fail("index", index, "an integer >= 0")
-    _, shape3, seed, tumour_fraction, noise, bias = _check_args(1, shape, seed, tumour_fraction, noise, bias)
+    _, shape3, seed, tumour_fraction, noise, bias = check_args(1, shape, seed, tumour_fraction, noise, bias)
     rng = np.random.default_rng([seed, _SUBJECT_STREAM, int(index)])
     tissue, brain, centre, radii = _brain_phantom(rng, shape3)
     if has_tumour(seed, int(index), tumour_fraction):
@@ -412,69 +411,3 @@ def synthetic_subject(
         seg[tissue == _CODE[name]] = label
     out["seg"] = seg
     return out
-
-
-# ------------------------------------------------------------------------------------------------------ writing
-def _file_names(name: str) -> dict[str, str]:
-    """File name of each modality and of the segmentation of subject ``name``."""
-    return {key: f"{name}_{key}.nii.gz" for key in (*MODALITIES, "seg")}
-
-
-def _save(array: np.ndarray, path: Path) -> None:
-    import nibabel as nib
-
-    image = nib.Nifti1Image(array, np.eye(4))
-    image.header.set_data_dtype(array.dtype)
-    image.header.set_xyzt_units("mm", "sec")
-    nib.save(image, str(path))
-
-
-def make_synthetic_brats(
-    out_dir: str | os.PathLike,
-    subjects: int = DEFAULT_SUBJECTS,
-    shape: Sequence[int] = DEFAULT_SHAPE,
-    seed: int = 0,
-    tumour_fraction: float = 0.75,
-    noise: float = 0.03,
-    bias: float = 0.25,
-    overwrite: bool = False,
-) -> list[Path]:
-    """Write a seeded synthetic BraTS 2021 dataset and return its subject folders.
-
-    Each subject ``i`` goes to ``out_dir/BraTS2021_{i:05d}/BraTS2021_{i:05d}_{t1,t1ce,t2,flair,seg}.nii.gz``,
-    written into a temporary folder next to it and renamed into place, so a folder is whole or absent. A subject
-    folder that already holds all five files is left alone unless ``overwrite`` is true.
-
-    Args:
-        out_dir: dataset folder (created if missing).
-        subjects: number of subjects, >= 1.
-        shape: volume shape ``(x, y, z)``, ``z`` axial; each axis >= :data:`MIN_DIM`.
-        seed: random seed (>= 0); subject ``i`` depends only on ``(seed, i, shape, tumour_fraction, noise, bias)``.
-        tumour_fraction: share of subjects with a tumour, in [0, 1]; with two or more subjects and a fraction
-            strictly between 0 and 1 there is always at least one subject with and one without a tumour.
-        noise: Rician noise standard deviation relative to the mean brain intensity, >= 0.
-        bias: amplitude of the multiplicative bias field ``exp(bias * f)``, ``f`` in [-1, 1]; >= 0.
-        overwrite: regenerate subjects whose folder is already complete.
-
-    Returns:
-        The subject folders, in order (including the ones left alone).
-
-    Raises:
-        MedAdvInputError: a bad argument; the message names it, its value and what was expected.
-    """
-    subjects, shape3, seed, tumour_fraction, noise, bias = _check_args(
-        subjects, shape, seed, tumour_fraction, noise, bias
-    )
-    root = Path(out_dir)
-    folders = []
-    for index in range(subjects):
-        folder = root / subject_name(index)
-        folders.append(folder)
-        names = _file_names(folder.name)
-        if not overwrite and all((folder / n).is_file() for n in names.values()):
-            continue
-        volumes = synthetic_subject(index, shape3, seed, tumour_fraction, noise, bias)
-        with atomic_dir(folder) as tmp:
-            for key, file_name in names.items():
-                _save(volumes[key], tmp / file_name)
-    return folders

@@ -1,49 +1,22 @@
-"""Ignite engines MONAI lacks: the AdvGAN trainer and its attack evaluator, with their losses, metric and handlers."""
+"""Ignite engines MONAI lacks: the one attack evaluator, the AdvGAN trainer, and the attack-grid runner."""
 
 from __future__ import annotations
 
-from medadv_monai.engines.advgan import (
-    ADVGAN_MASK_KINDS,
-    ATTACK_LOSSES,
-    GAN_LOSSES,
-    LOSS_KEYS,
-    PERT_NORMS,
-    AdvGANEvaluator,
-    AdvGANImageGrid,
-    AdvGANSettings,
-    AdvGANTrainer,
-    AttackSampleWriter,
-    AttackSummary,
-    advgan_scalars,
-    attack_loss,
-    attack_mask,
-    discriminator_loss,
-    generator_gan_loss,
-    gradient_penalty,
-    load_classifier,
-    load_generator_checkpoint,
-    perturbation_loss,
-)
+from medadv_monai.engines.advgan_trainer import LOSS_KEYS, AdvGANTrainer, advgan_scalars
+from medadv_monai.engines.attack_evaluator import AttackEvaluator
+from medadv_monai.engines.attack_grid import DEFAULT_COVERAGE_EDGES, AttackGridRunner
+from medadv_monai.engines.grid_cells import CLEAN, AttackCell, advgan_cells, expand_grid, patch_sweep_masks
 
 __all__ = [
-    "ADVGAN_MASK_KINDS",
-    "ATTACK_LOSSES",
-    "GAN_LOSSES",
+    "CLEAN",
+    "DEFAULT_COVERAGE_EDGES",
     "LOSS_KEYS",
-    "PERT_NORMS",
-    "AdvGANEvaluator",
-    "AdvGANImageGrid",
-    "AdvGANSettings",
     "AdvGANTrainer",
-    "AttackSampleWriter",
-    "AttackSummary",
+    "AttackCell",
+    "AttackEvaluator",
+    "AttackGridRunner",
+    "advgan_cells",
     "advgan_scalars",
-    "attack_loss",
-    "attack_mask",
-    "discriminator_loss",
-    "generator_gan_loss",
-    "gradient_penalty",
-    "load_classifier",
-    "load_generator_checkpoint",
-    "perturbation_loss",
+    "expand_grid",
+    "patch_sweep_masks",
 ]

@@ -1,4 +1,4 @@
-"""Walk an attack grid: one :class:`~medadv_monai.engines.attack_eval.AttackEvaluator` run per cell, then the
+"""Walk an attack grid: one :class:`~medadv_monai.engines.AttackEvaluator` run per cell, then the
 tables, figures and report of stage 3.
 
 Outputs in ``output_dir``:
@@ -26,12 +26,13 @@ from monai.data import DataLoader, Dataset
 from monai.handlers import StatsHandler
 from monai.transforms import Compose
 
-from medadv_monai.engines.attack_eval import CLEAN, AttackCell, AttackEvaluator, PerSampleRecorder
+from medadv_monai.engines.attack_evaluator import AttackEvaluator
+from medadv_monai.engines.grid_cells import CLEAN, AttackCell
 from medadv_monai.errors import MedAdvInputError
-from medadv_monai.metrics import coverage_bins
+from medadv_monai.handlers import AttackImageGrid, AttackSummary, PerSampleRecorder
+from medadv_monai.metrics import SUMMARY_COLUMNS, coverage_bins
 from medadv_monai.utils import save_csv, save_json, save_text
 from medadv_monai.visualize import (
-    adversarial_grid,
     gradcam_figure,
     markdown_table,
     plot_asr_by_coverage,
@@ -41,32 +42,9 @@ from medadv_monai.visualize import (
     write_html,
 )
 
-__all__ = ["DEFAULT_COVERAGE_EDGES", "SUMMARY_COLUMNS", "AttackGridRunner", "patch_sweep_masks"]
+__all__ = ["DEFAULT_COVERAGE_EDGES", "AttackGridRunner"]
 
 DEFAULT_COVERAGE_EDGES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
-SUMMARY_COLUMNS = ["cell", "attack", "eps_255", "mask", "targeted", "n", "n_attackable", "clean_acc", "robust_acc",
-                   "asr", "asr_all", "targeted_success", "mean_l0", "mean_l2", "mean_linf", "mean_tv", "mean_ssim",
-                   "mean_coverage", "mean_area"]
-
-
-class _Examples:
-    """Keep the first ``n`` samples of a cell (tumour slices first) for its image grid."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.batch = n, None
-
-    def attach(self, engine: Any) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.ITERATION_COMPLETED(once=1), self)
-
-    def __call__(self, engine: Any) -> None:
-        out = engine.state.output
-        order = torch.argsort(out["label"].reshape(-1).float(), descending=True, stable=True)[: self.n]
-        mask = out["attack_mask"]
-        self.batch = (out["image"][order], out["adv"][order], None if mask is None else mask.expand(
-            len(out["image"]), *mask.shape[1:])[order])
-
 
 class AttackGridRunner:
     """Run every cell of a grid on the slices of one split and write the stage-3 outputs.
@@ -74,8 +52,8 @@ class AttackGridRunner:
     Args:
         cells: the grid (:func:`~medadv_monai.engines.attack_eval.expand_grid`).
         network: the classifier under attack (used in eval mode, never trained).
-        data: slice datalist entries (``SliceCache.slices``).
-        preprocessing: transform that loads a slice (``LoadCachedSliced``).
+        dataset: the slices to attack: a MONAI ``Dataset`` whose ``data`` are cached-slice entries
+            (``SliceCache.slices``) and whose ``transform`` loads them (``LoadCachedSliced``).
         masks: mask name -> transform that adds ``attack_mask`` (``AttackMaskd``); each cell's mask name picks one.
         device: where to run.
         output_dir: where to write (see the module docstring).
@@ -97,8 +75,7 @@ class AttackGridRunner:
         self,
         cells: Sequence[AttackCell],
         network: torch.nn.Module,
-        data: Sequence[Mapping[str, Any]],
-        preprocessing: Callable,
+        dataset: Dataset,
         masks: Mapping[str, Callable],
         device: torch.device | str = "cpu",
         output_dir: str | os.PathLike = "eval",
@@ -117,8 +94,7 @@ class AttackGridRunner:
         if unknown:
             raise MedAdvInputError(f"grid cells use masks {unknown} that the config's `masks` does not define "
                              f"(defined: {sorted(masks)})")
-        self.cells, self.network, self.data = list(cells), network, list(data)
-        self.preprocessing, self.masks = preprocessing, dict(masks)
+        self.cells, self.network, self.dataset, self.masks = list(cells), network, dataset, dict(masks)
         self.device = torch.device(device)
         self.output_dir = Path(output_dir)
         self.batch_size, self.summary_writer = batch_size, summary_writer
@@ -129,21 +105,27 @@ class AttackGridRunner:
 
     # ------------------------------------------------------------------------------------------ running
     def loader(self, mask: str) -> DataLoader:
-        """The data loader of one mask: the slices through ``preprocessing`` then the mask's transform."""
+        """The data loader of one mask: the dataset's slices through its transform, then the mask's."""
         seed = (self.seed + zlib.crc32(mask.encode())) % 2**32  # each mask (and sweep replicate) its own stream
-        transform = Compose([self.preprocessing, self.masks[mask]]).set_random_state(seed=seed)
-        return DataLoader(Dataset(self.data, transform), batch_size=self.batch_size, shuffle=False, num_workers=0)
+        transform = Compose([self.dataset.transform, self.masks[mask]]).set_random_state(seed=seed)
+        return DataLoader(Dataset(self.dataset.data, transform), batch_size=self.batch_size, shuffle=False,
+                          num_workers=0)
 
     def run_cell(self, cell: AttackCell) -> dict[str, Any]:
         """Run one cell; return ``{"summary", "rows"}`` and save it under ``cells/``."""
         torch.manual_seed(self.seed)
-        recorder, examples = PerSampleRecorder(cell), _Examples(self.image_samples)
+        key = "targeted_success" if cell.targeted else "asr"
+        recorder = PerSampleRecorder(columns=cell.row())
+        grid = AttackImageGrid(max_samples=self.image_samples, eps=cell.eps)
         evaluator = AttackEvaluator(device=self.device, val_data_loader=self.loader(cell.mask), network=self.network,
-                                    cell=cell, val_handlers=[recorder, examples, StatsHandler(iteration_log=False)])
+                                    inferer=cell.inferer(),
+                                    key_val_metric={key: AttackSummary(key, prefix="", targeted=cell.targeted)},
+                                    val_handlers=[recorder, grid, StatsHandler(iteration_log=False)])
         evaluator.run()
-        result = {"summary": recorder.summary, "rows": recorder.rows}
+        summary = {**cell.row(), **evaluator.state.metrics}
+        result = {"summary": summary, "rows": recorder.rows}
         save_json(result, self._cell_file(cell))
-        self._log(cell, recorder.summary, examples.batch)
+        self._log(cell, summary, grid.grid)
         return result
 
     def _cell_file(self, cell: AttackCell) -> Path:
@@ -160,10 +142,9 @@ class AttackGridRunner:
         top = max(c.eps for c in self.cells if c.name == cell.name and c.mask == cell.mask)
         return cell.eps == top
 
-    def _log(self, cell: AttackCell, summary: Mapping[str, Any], batch: Any) -> None:
-        if batch is None or cell.attack == CLEAN:
+    def _log(self, cell: AttackCell, summary: Mapping[str, Any], grid: Any) -> None:
+        if grid is None or cell.attack == CLEAN:
             return
-        grid = adversarial_grid(*batch, n=self.image_samples, eps=cell.eps)
         if self.summary_writer is not None:
             tag = f"{cell.mask}/{cell.name}" + ("_targeted" if cell.targeted else "")
             for key in ("robust_acc", "asr", "targeted_success", "mean_ssim"):
@@ -171,8 +152,8 @@ class AttackGridRunner:
                     self.summary_writer.add_scalar(f"{key}/{tag}", summary[key], int(round(cell.eps * 255)))
             self.summary_writer.add_image(f"grid/{cell.label}", grid, 0, dataformats="HW")
         if self._wants_grid(cell):
-            self.figures["grids"].append(save_grid(grid, self._grid_file(cell), title=f"{cell.label}: clean | adversarial | "
-                                                                    f"|difference|/eps | mask"))
+            title = f"{cell.label}: clean | adversarial | |difference|/eps | mask"
+            self.figures["grids"].append(save_grid(grid, self._grid_file(cell), title=title))
 
     def run(self) -> list[dict[str, Any]]:
         """Run (or resume) every cell, then write the tables, figures and report; return the summary rows."""
@@ -210,7 +191,7 @@ class AttackGridRunner:
         out = self.output_dir
         save_csv(rows, out / "per_sample.csv")
         save_json(summary, out / "summary.json")
-        save_csv(summary, out / "summary.csv", columns=[c for c in SUMMARY_COLUMNS if any(c in s for s in summary)])
+        save_csv(summary, out / "summary.csv", columns=[c for c in SUMMARY_COLUMNS if any(c in row for row in summary)])
         coverage = self.coverage_table(rows)
         save_csv(coverage, out / "coverage.csv")
         figures: dict[str, Path | None] = {}
@@ -264,7 +245,8 @@ class AttackGridRunner:
         pos = torch.nonzero(batch["label"].reshape(-1) > 0).reshape(-1)[: self.image_samples]
         order = pos if len(pos) else torch.arange(min(self.image_samples, len(batch["label"])))
         sub = {k: (v[order] if isinstance(v, torch.Tensor) else [v[i] for i in order]) for k, v in batch.items()}
-        evaluator = AttackEvaluator(device=self.device, val_data_loader=[sub], network=self.network, cell=cell)
+        evaluator = AttackEvaluator(device=self.device, val_data_loader=[sub], network=self.network,
+                                    inferer=cell.inferer())
         evaluator.run()
         out = evaluator.state.output
         titles = [f"{s} z={int(z)}" for s, z in zip(sub["subject"], sub["slice_index"])]
@@ -279,7 +261,7 @@ class AttackGridRunner:
                 "asr_all", *(["targeted_success"] if targeted else []), "mean_linf", "mean_l2", "mean_ssim",
                 "mean_coverage"]
         lines = [f"# {self.title}", "",
-                 f"{len(self.data)} slices, {len(summary)} grid cells. ASR counts flips among clean-correct, "
+                 f"{len(self.dataset)} slices, {len(summary)} grid cells. ASR counts flips among clean-correct, "
                  "attackable slices (non-empty mask); `asr_all` divides by every clean-correct slice. eps in units "
                  "of 1/255.", "", markdown_table(summary, cols), ""]
         if ranking:
@@ -301,30 +283,3 @@ class AttackGridRunner:
 
 def _nan_last(v: Any) -> float:
     return -math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-
-
-def patch_sweep_masks(
-    shapes: Sequence[str] = ("rect",),
-    sizes: Sequence[float] = (0.05, 0.1, 0.2, 0.3),
-    anchors: Sequence[str] = ("centroid",),
-    combine: Sequence[str] = ("none",),
-    replicates: int = 1,
-    tumour_key: str = "mask",
-    output_key: str = "attack_mask",
-    **patch: Any,
-) -> dict[str, Any]:
-    """The masks of a patch sweep: one ``AttackMaskd`` per shape x (w, h) in ``sizes`` squared x anchor x combine
-    mode x replicate, named by the patch spec (``rect_0.10x0.20_centroid``, ``..._r1`` for further replicates).
-
-    The defaults are the reference sweep's 16 rectangles (relative sizes {0.05, 0.1, 0.2, 0.3} squared) at the
-    tumour centroid. Replicates matter for random anchors and jitter: each has its own random stream.
-    """
-    from medadv_monai.masks import AttackMaskd, PatchSpec
-
-    masks = {}
-    for shape, w, h, anchor, mode in itertools.product(shapes, sizes, sizes, anchors, combine):
-        spec = PatchSpec(shape=shape, size=(w, h), anchor=anchor, combine=mode, **patch)
-        for r in range(replicates):
-            name = spec.name + (f"_r{r}" if r else "")
-            masks[name] = AttackMaskd(keys=tumour_key, output_key=output_key, kind="patch", patch=spec)
-    return masks

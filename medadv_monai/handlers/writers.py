@@ -6,8 +6,6 @@ per-slice rows need this writer. Both files are written atomically when the engi
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +15,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import decollate_batch
 
-from medadv_monai.utils import save_json, save_text
+from medadv_monai.utils import save_csv, save_json
 
 __all__ = ["SlicePredictionWriter", "MetricsJSONWriter", "NullSummaryWriter", "prediction_rows"]
 
@@ -70,11 +68,7 @@ class SlicePredictionWriter:
         self.rows += prediction_rows(engine.state.batch, engine.state.output, self.pred_key)
 
     def _write(self, engine: Engine) -> None:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["subject", "slice_index", "label", "probability"])
-        writer.writeheader()
-        writer.writerows(self.rows)
-        save_text(buf.getvalue(), self.output_file)
+        save_csv(self.rows, self.output_file, columns=["subject", "slice_index", "label", "probability"])
 
 
 class MetricsJSONWriter:

@@ -1,10 +1,9 @@
-"""Robustness and perturbation metrics: per-sample values, outcomes, summaries and ASR by coverage."""
+"""Robustness and perturbation metrics: per-sample values, outcomes, summaries and ASR by coverage; the column
+keys (:mod:`medadv_monai.metrics.keys`)."""
 
 from __future__ import annotations
 
 from medadv_monai.metrics.core import (
-    OUTCOME_KEYS,
-    PERTURBATION_KEYS,
     coverage_bins,
     label_probability,
     mask_attackable_samples,
@@ -14,12 +13,31 @@ from medadv_monai.metrics.core import (
     score_attack,
     ssim,
     summarize,
+    summarize_columns,
     total_variation,
+)
+from medadv_monai.metrics.keys import (
+    LABEL_KEY,
+    OUTCOME_KEYS,
+    PERTURBATION_KEYS,
+    PREDICTION_KEYS,
+    REFERENCE_KEYS,
+    SAMPLE_ID_KEYS,
+    SCORE_KEYS,
+    SUMMARY_COLUMNS,
+    TARGET_KEY,
 )
 
 __all__ = [
+    "LABEL_KEY",
     "OUTCOME_KEYS",
     "PERTURBATION_KEYS",
+    "PREDICTION_KEYS",
+    "REFERENCE_KEYS",
+    "SAMPLE_ID_KEYS",
+    "SCORE_KEYS",
+    "SUMMARY_COLUMNS",
+    "TARGET_KEY",
     "coverage_bins",
     "label_probability",
     "mask_attackable_samples",
@@ -29,5 +47,6 @@ __all__ = [
     "score_attack",
     "ssim",
     "summarize",
+    "summarize_columns",
     "total_variation",
 ]

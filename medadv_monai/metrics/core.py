@@ -31,24 +31,22 @@ from monai.metrics import SSIMMetric
 from medadv_monai.masks import area as mask_area
 from medadv_monai.masks import attackable as mask_attackable
 from medadv_monai.masks import coverage as mask_coverage
+from medadv_monai.metrics.keys import LABEL_KEY, OUTCOME_KEYS, PERTURBATION_KEYS, TARGET_KEY
 
 __all__ = [
-    "OUTCOME_KEYS",
     "coverage_bins",
     "label_probability",
     "score_attack",
     "mask_attackable_samples",
-    "PERTURBATION_KEYS",
     "prediction",
     "perturbation_metrics",
     "sample_outcomes",
     "summarize",
+    "summarize_columns",
     "total_variation",
     "ssim",
 ]
 
-PERTURBATION_KEYS = ("l0", "l2", "linf", "tv", "ssim", "coverage", "area")
-OUTCOME_KEYS = ("clean_correct", "adv_correct", "attackable", "success")
 
 
 def prediction(logits: torch.Tensor) -> torch.Tensor:
@@ -149,16 +147,16 @@ def summarize(per_sample: Mapping[str, Any], targeted: bool = False) -> dict[str
     """Summary over samples of per-sample outcomes and metrics.
 
     Args:
-        per_sample: ``clean_correct``, ``adv_correct``, ``attackable``, ``success`` (bool sequences) and,
-            optionally, metric columns (``l2``, ``ssim``, ...) and ``labels`` / ``targets`` (for targeted).
+        per_sample: the :data:`~medadv_monai.metrics.keys.OUTCOME_KEYS` (bool sequences) and, optionally, any of
+            the :data:`~medadv_monai.metrics.keys.PERTURBATION_KEYS` and ``label`` / ``target`` (for targeted).
         targeted: summarise as a targeted attack (``targeted_success``) instead of ``asr`` / ``asr_all``.
 
     Returns:
         ``n``, ``n_attackable``, ``clean_acc``, ``robust_acc``, then ``asr`` and ``asr_all`` (untargeted) or
-        ``targeted_success`` (targeted; needs ``labels`` and ``targets``), and ``mean_<k>`` for every other
-        numeric column (NaN-ignoring; NaN when no value).
+        ``targeted_success`` (targeted; needs ``label`` and ``target``), and ``mean_<k>`` for every perturbation
+        metric given (NaN-ignoring; NaN when no value).
     """
-    col = {k: torch.as_tensor(v) for k, v in per_sample.items() if k not in ("subject",)}
+    col = {k: torch.as_tensor(per_sample[k]) for k in OUTCOME_KEYS}
     clean, adv = col["clean_correct"].bool(), col["adv_correct"].bool()
     ok, success = col["attackable"].bool(), col["success"].bool()
     n = len(clean)
@@ -169,17 +167,29 @@ def summarize(per_sample: Mapping[str, Any], targeted: bool = False) -> dict[str
         "robust_acc": _ratio(float(adv.sum()), n),
     }
     if targeted:
-        labels, targets = col["labels"].reshape(-1), col["targets"].reshape(-1)
+        labels = torch.as_tensor(per_sample[LABEL_KEY]).reshape(-1)
+        targets = torch.as_tensor(per_sample[TARGET_KEY]).reshape(-1)
         out["targeted_success"] = _ratio(float(success.sum()), float((ok & (labels != targets)).sum()))
     else:
         out["asr"] = _ratio(float(success.sum()), float((clean & ok).sum()))
         out["asr_all"] = _ratio(float((clean & ~adv).sum()), float(clean.sum()))
-    for key, values in col.items():
-        if key in (*OUTCOME_KEYS, "labels", "targets") or not values.is_floating_point():
-            continue
-        finite = values[~torch.isnan(values)]
-        out[f"mean_{key}"] = float(finite.mean()) if len(finite) else math.nan
+    for key in PERTURBATION_KEYS:
+        if key in per_sample:
+            values = torch.as_tensor(per_sample[key], dtype=torch.float64)
+            finite = values[~torch.isnan(values)]
+            out[f"mean_{key}"] = float(finite.mean()) if len(finite) else math.nan
     return out
+
+
+def summarize_columns(columns: Mapping[str, Any], targeted: bool = False, prefix: str = "") -> dict[str, float]:
+    """:func:`summarize` of per-sample columns as the engines record them (``per_sample`` of an evaluator output).
+
+    With ``prefix`` (a reference attack's, e.g. ``"pgd10_"``) the prefixed columns are read, falling back to the
+    unprefixed ones for what every attack on the batch shares (clean outcomes, attackable, coverage, area).
+    """
+    pick = {k: columns[prefix + k] if prefix + k in columns else columns.get(k)
+            for k in (*OUTCOME_KEYS, *PERTURBATION_KEYS, LABEL_KEY, TARGET_KEY)}
+    return summarize({k: v for k, v in pick.items() if v is not None}, targeted=targeted)
 
 
 def label_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

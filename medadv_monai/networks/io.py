@@ -11,7 +11,7 @@ from torch import nn
 
 from medadv_monai.errors import MedAdvInputError
 
-__all__ = ["load_checkpoint", "load_weights"]
+__all__ = ["freeze", "load_checkpoint", "load_frozen", "load_weights"]
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
@@ -57,3 +57,19 @@ def load_weights(network: nn.Module, path: str | os.PathLike, key: str | None = 
             f"network or channel count ({detail})"
         ) from e
     return network
+
+
+def freeze(network: nn.Module) -> nn.Module:
+    """Eval mode and ``requires_grad=False`` on every parameter: a model under attack, never trained."""
+    return network.eval().requires_grad_(False)
+
+
+def load_frozen(network: nn.Module, path: str | os.PathLike, device: str | torch.device | None = None,
+                key: str | None = "model") -> nn.Module:
+    """Load ``network``'s weights from ``path`` (:func:`load_weights`), move it to ``device`` and :func:`freeze` it.
+
+    Raises:
+        MedAdvInputError: a missing or unreadable file, or weights of another network (train the model first, or
+            point the checkpoint id at its file).
+    """
+    return freeze(load_weights(network, path, key=key).to(device))

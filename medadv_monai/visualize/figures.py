@@ -109,7 +109,8 @@ def gradcam_figure(network: torch.nn.Module, target_layer: str, x: torch.Tensor,
 
     cam = GradCAM(nn_module=network, target_layers=target_layer)
     with torch.enable_grad():
-        maps = [cam(x=v.clone(), class_idx=0).detach().cpu() for v in (x, x_adv)]
+        # the input carries the gradient, so a frozen network (no parameter gradients) works too
+        maps = [cam(x=v.detach().clone().requires_grad_(True), class_idx=0).detach().cpu() for v in (x, x_adv)]
     n = len(x)
     fig, axes = plt.subplots(4, n, figsize=(1.8 * n, 7.4), squeeze=False)
     images = [x.detach().cpu(), maps[0], x_adv.detach().cpu(), maps[1]]

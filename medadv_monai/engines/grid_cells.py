@@ -1,0 +1,150 @@
+"""The cells of an attack grid: one attack at one budget with one mask, untargeted or targeted.
+
+:func:`expand_grid` makes the cells of a config's ``attacks x eps x masks x targeted``; :func:`advgan_cells` adds
+the AdvGAN rows of a trained generator; :func:`patch_sweep_masks` makes the masks of a patch sweep.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from medadv_monai.attacks import AdversarialInferer
+from medadv_monai.attacks.registry import attack_kwargs
+from medadv_monai.masks import AttackMaskd, PatchSpec
+from medadv_monai.networks import AdvGANSettings, freeze, load_generator_checkpoint
+from medadv_monai.utils.checks import check_eps
+
+__all__ = ["CLEAN", "AttackCell", "advgan_cells", "expand_grid", "patch_sweep_masks"]
+
+CLEAN = "clean"
+
+
+@dataclass(frozen=True)
+class AttackCell:
+    """One cell of the grid.
+
+    Attributes:
+        name: row label of the attack (a key of the config's ``attacks``, e.g. ``pgd``), or ``clean``.
+        attack: registry name of the attack (``fgsm``, ``bim``, ``pgd``, ``mifgsm``, ``advgan``) or ``clean``.
+        eps: L-inf budget in [0, 1] (0 for ``clean``).
+        mask: name of the mask transform (a key of the config's ``masks``).
+        targeted: targeted attack towards the other class (``1 - label``).
+        params: further attack keywords (``steps``, ``alpha``, ``decay``, ``generator``, ...).
+    """
+
+    name: str
+    attack: str
+    eps: float
+    mask: str
+    targeted: bool = False
+    params: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def label(self) -> str:
+        """A unique, file-name-safe label, e.g. ``pgd_eps8_seg`` or ``fgsm_eps4_ring_targeted``."""
+        if self.attack == CLEAN:
+            return f"{CLEAN}_{self.mask}"
+        eps = f"{self.eps * 255:.4g}".replace(".", "p")
+        return f"{self.name}_eps{eps}_{self.mask}" + ("_targeted" if self.targeted else "")
+
+    def inferer(self) -> AdversarialInferer | None:
+        """The cell's attack as an :class:`~medadv_monai.attacks.AdversarialInferer` (``None`` for ``clean``)."""
+        if self.attack == CLEAN:
+            return None
+        return AdversarialInferer(attack=self.attack, targeted=self.targeted, eps=self.eps, **self.params)
+
+    def row(self) -> dict[str, Any]:
+        """The cell's columns in the summary and per-sample tables."""
+        return {"cell": self.label, "attack": self.name, "eps": self.eps, "eps_255": round(self.eps * 255, 4),
+                "mask": self.mask, "targeted": self.targeted}
+
+
+def expand_grid(
+    attacks: Mapping[str, Mapping[str, Any]],
+    eps: Sequence[float],
+    masks: Sequence[str],
+    targeted: Sequence[bool] = (False,),
+    clean: bool = True,
+) -> list[AttackCell]:
+    """All cells ``attacks x eps x masks x targeted``, after one ``clean`` cell per mask when ``clean``.
+
+    Args:
+        attacks: row name -> attack keywords with ``attack`` naming the registry attack (defaults to the row name),
+            e.g. ``{"pgd": {"steps": 10}, "pgd40": {"attack": "pgd", "steps": 40}}``.
+        eps: budgets in [0, 1].
+        masks: mask names.
+        targeted: which of untargeted (False) / targeted (True) to run.
+
+    Raises:
+        MedAdvInputError: an unknown attack, a keyword it does not take, or eps outside [0, 1].
+    """
+    for e in eps:
+        check_eps(e, "eps in the grid")
+    cells = [AttackCell(CLEAN, CLEAN, 0.0, m) for m in masks] if clean else []
+    for (name, spec), e, m, t in itertools.product(attacks.items(), eps, masks, targeted):
+        params = dict(spec)
+        attack = params.pop("attack", name)
+        attack_kwargs(attack, eps=float(e), **params)  # validate names and keywords now, not mid-grid
+        cells.append(AttackCell(name, attack, float(e), m, bool(t), params))
+    return cells
+
+
+def advgan_cells(
+    checkpoint: str | None,
+    generator: torch.nn.Module,
+    masks: Sequence[str],
+    modalities: Sequence[str] | None = None,
+    device: torch.device | str = "cpu",
+) -> list[AttackCell]:
+    """The AdvGAN rows of a grid: one cell per mask at the eps the generator was trained for (none without a
+    checkpoint).
+
+    Args:
+        checkpoint: a ``brats_advgan`` generator checkpoint (``models/generator.pt``), or ``None``.
+        generator: the generator network the checkpoint's weights go into (the bundle's ``generator_def``).
+        masks: mask names; each gets a cell (the mask scales the generator's budget).
+        modalities: the classifier's input channels, checked against the generator's.
+        device: where the generator runs.
+
+    Raises:
+        MedAdvInputError: an unreadable or unsafe checkpoint, not a generator, or other modalities.
+    """
+    if not checkpoint:
+        return []
+    config = load_generator_checkpoint(checkpoint, generator)  # checks it is a generator checkpoint, loads weights
+    AdvGANSettings(eps=config["eps"], mask_kind=config.get("mask_kind", "none"),
+                   targeted=bool(config.get("targeted", False)), modalities=modalities).check(
+        config, source=f"generator checkpoint {str(checkpoint)!r}")  # the classifier's modalities must match
+    net = freeze(generator.to(device))
+    return [AttackCell("advgan", "advgan", float(config["eps"]), m, bool(config.get("targeted", False)),
+                       {"generator": net}) for m in masks]
+
+
+def patch_sweep_masks(
+    shapes: Sequence[str] = ("rect",),
+    sizes: Sequence[float] = (0.05, 0.1, 0.2, 0.3),
+    anchors: Sequence[str] = ("centroid",),
+    combine: Sequence[str] = ("none",),
+    replicates: int = 1,
+    tumour_key: str = "mask",
+    output_key: str = "attack_mask",
+    **patch: Any,
+) -> dict[str, Any]:
+    """The masks of a patch sweep: one ``AttackMaskd`` per shape x (w, h) in ``sizes`` squared x anchor x combine
+    mode x replicate, named by the patch spec (``rect_0.10x0.20_centroid``, ``..._r1`` for further replicates).
+
+    The defaults are the reference sweep's 16 rectangles (relative sizes {0.05, 0.1, 0.2, 0.3} squared) at the
+    tumour centroid. Replicates matter for random anchors and jitter: each has its own random stream.
+    """
+    masks = {}
+    for shape, w, h, anchor, mode in itertools.product(shapes, sizes, sizes, anchors, combine):
+        spec = PatchSpec(shape=shape, size=(w, h), anchor=anchor, combine=mode, **patch)
+        for r in range(replicates):
+            name = spec.name + (f"_r{r}" if r else "")
+            masks[name] = AttackMaskd(keys=tumour_key, output_key=output_key, kind="patch", patch=spec)
+    return masks

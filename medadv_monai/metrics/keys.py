@@ -1,0 +1,35 @@
+"""The names of the per-sample columns and summary values, defined once for every engine, table and report."""
+
+from __future__ import annotations
+
+__all__ = [
+    "LABEL_KEY",
+    "OUTCOME_KEYS",
+    "PERTURBATION_KEYS",
+    "PREDICTION_KEYS",
+    "REFERENCE_KEYS",
+    "SAMPLE_ID_KEYS",
+    "SCORE_KEYS",
+    "SUMMARY_COLUMNS",
+    "TARGET_KEY",
+]
+
+#: which slice a row is about
+SAMPLE_ID_KEYS: tuple[str, ...] = ("subject", "slice_index")
+#: the true class; the target of a targeted attack (-1 when untargeted)
+LABEL_KEY, TARGET_KEY = "label", "target"
+#: the model's outputs on the clean and the adversarial input
+PREDICTION_KEYS: tuple[str, ...] = ("clean_prob", "adv_prob", "clean_pred", "adv_pred")
+#: per-sample outcomes (bool)
+OUTCOME_KEYS: tuple[str, ...] = ("clean_correct", "adv_correct", "attackable", "success")
+#: per-sample perturbation metrics (float); the summary has ``mean_<key>`` of each
+PERTURBATION_KEYS: tuple[str, ...] = ("l0", "l2", "linf", "tv", "ssim", "coverage", "area")
+#: what :func:`~medadv_monai.metrics.score_attack` returns
+SCORE_KEYS: tuple[str, ...] = PREDICTION_KEYS + OUTCOME_KEYS + PERTURBATION_KEYS
+#: the columns a reference attack adds with its name as prefix (``pgd10_success``); clean predictions, outcomes
+#: and mask statistics are shared with the main attack
+REFERENCE_KEYS: tuple[str, ...] = ("adv_prob", "adv_pred", "adv_correct", "success", "linf", "l2", "ssim", "l0", "tv")
+#: the columns of a summary table, in order (cell columns, then :func:`~medadv_monai.metrics.summarize`'s values)
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "cell", "attack", "eps_255", "mask", "targeted", "n", "n_attackable", "clean_acc", "robust_acc", "asr", "asr_all",
+    "targeted_success", *(f"mean_{k}" for k in PERTURBATION_KEYS))

@@ -1,0 +1,69 @@
+"""Helpers shared by the test modules (no test module imports another): paths, bundle copies, bundle runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = REPO / "bundles"
+CLASSIFIER_BUNDLE = BUNDLES / "brats_slice_classifier"
+ADVGAN_BUNDLE = BUNDLES / "brats_advgan"
+ATTACK_EVAL_BUNDLE = BUNDLES / "brats_attack_eval"
+CLASSIFIER_TRAIN = CLASSIFIER_BUNDLE / "configs" / "train.yaml"
+REAL_SAMPLE = Path(os.environ.get("MEDADV_REAL_SAMPLE", REPO.parent / "shared" / "data" / "real_sample"))
+
+
+def bundle_copy(src: Path, dst: Path) -> Path:
+    """A copy of a bundle (configs and docs only, no models/eval/work) so runs write nothing into the repository."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("models", "eval", "work"))
+    return dst
+
+
+def workflow(bundle: Path, files: list[str], workflow_type: str, **kwargs: Any):
+    """A MONAI ``ConfigWorkflow`` of ``bundle``'s config ``files`` (merged in order), rooted at the bundle."""
+    from monai.bundle import ConfigWorkflow
+
+    return ConfigWorkflow(
+        config_file=[str(bundle / "configs" / f) for f in files],
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        workflow_type=workflow_type,
+        bundle_root=str(bundle),
+        **kwargs,
+    )
+
+
+def bundle_cmd(bundle: Path, configs: list[str], **overrides: Any) -> list[str]:
+    """The ``python -m monai.bundle run`` command line of ``bundle``'s ``configs`` with ``--id value`` overrides."""
+    files = "[" + ",".join(f"'{bundle / 'configs' / c}'" for c in configs) + "]"
+    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, "--bundle_root", str(bundle)]
+    for key, value in overrides.items():
+        args += [f"--{key}", value if isinstance(value, str) else repr(value)]
+    return args
+
+
+def run(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a command with this checkout on ``PYTHONPATH``; the caller checks the outcome."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m <args>`` that must succeed."""
+    proc = run([sys.executable, "-m", *args], cwd, timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def classifier_config(dataset_dir: Path, work_dir: Path, **overrides: Any):
+    """The classifier bundle's config pointed at ``dataset_dir``, writing under ``work_dir``, 32x32 slices."""
+    from medadv_monai.bundle import load_bundle_config
+
+    settings = {"dataset_dir": str(dataset_dir), "work_dir": str(work_dir), "image_size": [32, 32]}
+    settings.update(overrides)
+    return load_bundle_config(CLASSIFIER_TRAIN, **settings)
