@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from medadv_monai.attacks.checks import fmt, per_sample
+from medadv_monai.attacks.checks import check_unit_range, fmt, per_sample
 from medadv_monai.errors import MedAdvInputError
 
 __all__ = [
@@ -211,14 +211,7 @@ def check_budget(x: torch.Tensor, eps: Any, mask: Any) -> tuple[torch.Tensor, fl
     n = x.shape[0]
 
     # --- one host sync for x (and one each for mask / eps / labels when given), never inside the loop ---
-    xs = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    x_lo, x_hi, x_nan = torch.stack([xs.min(), xs.max(), torch.isnan(xs).any().to(xs.dtype)]).tolist()
-    if x_nan or x_lo < 0 or x_hi > 1:
-        raise MedAdvInputError(
-            f"x must have values in [0, 1], got min {fmt(x_lo)}, max {fmt(x_hi)}"
-            + (" and NaNs" if x_nan else "")
-            + "; scale intensities to [0, 1] first"
-        )
+    check_unit_range(x, "x", "; scale intensities to [0, 1] first")
 
     e, e_lo, e_hi = per_sample(eps, "eps", n, x.ndim, x)
     if not (0 <= e_lo <= 1) or not (0 <= e_hi <= 1):
@@ -240,13 +233,7 @@ def check_budget(x: torch.Tensor, eps: Any, mask: Any) -> tuple[torch.Tensor, fl
         if m.is_complex():
             raise MedAdvInputError(f"mask must be real with values in [0, 1], got dtype {m.dtype}")
         m = _as_plain(m).to(device=x.device, dtype=x.dtype)
-        ms = m.float() if m.dtype in (torch.float16, torch.bfloat16) else m
-        m_lo, m_hi, m_nan = torch.stack([ms.min(), ms.max(), torch.isnan(ms).any().to(ms.dtype)]).tolist()
-        if m_nan or m_lo < 0 or m_hi > 1:
-            raise MedAdvInputError(
-                f"mask must have values in [0, 1], got min {fmt(m_lo)}, max {fmt(m_hi)}"
-                + (" and NaNs" if m_nan else "")
-            )
+        check_unit_range(m, "mask")
         budget = m * e
 
     return x, budget

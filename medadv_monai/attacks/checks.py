@@ -11,7 +11,7 @@ import torch
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.utils.checks import check_int, check_nonneg
 
-__all__ = ["check_alpha", "check_decay", "check_steps", "fmt", "per_sample"]
+__all__ = ["check_alpha", "check_decay", "check_steps", "check_unit_range", "fmt", "per_sample"]
 
 
 def fmt(v: float) -> str:
@@ -64,3 +64,12 @@ def check_steps(steps: Any) -> int:
 def check_decay(decay: Any) -> float:
     """Validate the MI-FGSM momentum decay (a finite number >= 0)."""
     return check_nonneg(decay, "decay")
+
+
+def check_unit_range(t: torch.Tensor, name: str, hint: str = "") -> None:
+    """Raise unless every value of ``t`` is in [0, 1] (no NaN); one host sync."""
+    ts = t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+    lo, hi, nan = torch.stack([ts.min(), ts.max(), torch.isnan(ts).any().to(ts.dtype)]).tolist()
+    if nan or lo < 0 or hi > 1:
+        raise MedAdvInputError(f"{name} must have values in [0, 1], got min {fmt(lo)}, max {fmt(hi)}"
+                               + (" and NaNs" if nan else "") + hint)
