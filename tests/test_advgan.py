@@ -1,4 +1,4 @@
-"""AdvGAN networks, losses, settings, trainer step invariants and its evaluation by the attack evaluator (unit level)."""
+"""AdvGAN networks, losses, settings, trainer step invariants and its evaluation by the attack evaluator."""
 
 from __future__ import annotations
 

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 
 from medadv_monai.errors import MedAdvInputError, find_input_error
 from medadv_monai.networks import AdvGANGenerator, SliceClassifier
 from tests.helpers import ADVGAN_BUNDLE as BUNDLE
 from tests.helpers import CLASSIFIER_BUNDLE, bundle_copy, workflow
+
 EPS = 8 / 255
 pytestmark = pytest.mark.slow
 

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 
 from medadv_monai.networks import SliceClassifier
 from tests.helpers import CLASSIFIER_BUNDLE as BUNDLE
 from tests.helpers import bundle_copy, run_cli, workflow
+
 pytestmark = pytest.mark.slow
 
 

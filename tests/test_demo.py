@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from medadv_monai.attacks import display_name
 from medadv_monai.demo import DemoSettings, headline_rows, run_demo
 
 pytestmark = pytest.mark.slow
@@ -40,9 +41,9 @@ def test_demo_on_tiny_settings(tmp_path, capsys):
     expected = headline_rows(summary)
     table = _table(text, "| attack | mask | clean_acc")
     assert len(table) == len(expected) == 3 * 3  # (fgsm, pgd, advgan) x (none, seg, ring)
-    assert {row[0] for row in table} == {"fgsm", "pgd", "advgan"}
+    assert {row[0] for row in table} == {"FGSM", "PGD", "AdvGAN"}  # display names, not registry keys
     for row, exp in zip(table, expected):
-        assert row[:2] == [exp["attack"], exp["mask"]]
+        assert row[:2] == [display_name(exp["attack"]), exp["mask"]]
         values = [math.nan if v == "–" else float(v) for v in row[2:]]  # the table prints NaN as a dash
         assert values == pytest.approx([v for k, v in exp.items() if k not in ("attack", "mask")], abs=5e-4,
                                        nan_ok=True)

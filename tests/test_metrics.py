@@ -67,3 +67,13 @@ def test_coverage_bins():
                          [True, True, True, False, True], edges=(0, 0.05, 0.5, 1.0))
     assert [b["n"] for b in bins] == [2, 0, 1]  # 1.0 is not eligible, NaN has no tumour
     assert bins[0]["asr"] == 0.5 and math.isnan(bins[1]["asr"]) and bins[2]["asr"] == 1.0
+
+
+def test_attack_display_names_in_tables():
+    from medadv_monai.attacks import display_name
+    from medadv_monai.visualize import markdown_table
+
+    assert [display_name(n) for n in ("fgsm", "bim", "pgd", "mifgsm", "mi-fgsm", "advgan", "pgd40", "clean")] == [
+        "FGSM", "BIM", "PGD", "MI-FGSM", "MI-FGSM", "AdvGAN", "pgd40", "clean"]
+    table = markdown_table([{"attack": "mifgsm", "mask": "seg"}], ["attack", "mask"])
+    assert table.splitlines()[-1] == "| MI-FGSM | seg |"

@@ -1,7 +1,8 @@
 """Gradient-sign adversarial attacks with per-voxel budget masks, and their MONAI wrappers.
 
 Attacks (one small module each, all thin loops over :mod:`medadv_monai.attacks._core`):
-:func:`fgsm`, :func:`bim`, :func:`pgd`, :func:`mifgsm`, and :func:`advgan` (a trained generator, one pass). Look them up by name with :func:`get_attack` or run
+:func:`fgsm`, :func:`bim`, :func:`pgd`, :func:`mifgsm`, and :func:`advgan` (a trained generator, one pass). Look them
+up by name with :func:`get_attack` or run
 them with the default budget via :func:`run_attack`. MONAI integration: :class:`AdversarialPerturb`,
 :class:`AdversarialPerturbd` (transforms), :class:`AdversarialInferer` and :class:`PrepareAttackBatch`
 (engines). The benchmarks live in :mod:`medadv_monai.bench`.
@@ -22,6 +23,7 @@ from medadv_monai.attacks.registry import (
     attack_kwargs,
     available_attacks,
     default_alpha,
+    display_name,
     get_attack,
     run_attack,
 )
@@ -47,6 +49,7 @@ __all__ = [
     "available_attacks",
     "bim",
     "default_alpha",
+    "display_name",
     "fgsm",
     "get_attack",
     "mifgsm",

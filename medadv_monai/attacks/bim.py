@@ -6,8 +6,8 @@ from typing import Any, Callable
 
 import torch
 
-from medadv_monai.attacks.checks import check_alpha, check_steps
 from medadv_monai.attacks._core import LossFn, grad_context, prepare, run_sign_loop
+from medadv_monai.attacks.checks import check_alpha, check_steps
 
 __all__ = ["bim"]
 

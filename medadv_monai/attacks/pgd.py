@@ -6,10 +6,9 @@ from typing import Any, Callable
 
 import torch
 
-from medadv_monai.attacks.checks import check_alpha, check_steps
 from medadv_monai.attacks._core import LossFn, grad_context, prepare, project_delta_start, run_sign_loop
-
 from medadv_monai.attacks._core import random_start as _random_start
+from medadv_monai.attacks.checks import check_alpha, check_steps
 
 __all__ = ["pgd"]
 

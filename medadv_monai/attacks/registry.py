@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_STEPS",
     "available_attacks",
     "default_alpha",
+    "display_name",
     "get_attack",
     "attack_kwargs",
     "run_attack",
@@ -35,6 +36,9 @@ ATTACKS: Mapping[str, AttackFn] = {"fgsm": fgsm, "bim": bim, "pgd": pgd, "mifgsm
 """Canonical name -> attack function."""
 
 _ALIASES = {"ifgsm": "bim", "mi": "mifgsm", "mim": "mifgsm"}
+
+DISPLAY_NAMES: Mapping[str, str] = {"fgsm": "FGSM", "bim": "BIM", "pgd": "PGD", "mifgsm": "MI-FGSM", "advgan": "AdvGAN"}
+"""Canonical name -> the name tables, plots and reports show."""
 
 DEFAULT_EPS = 8 / 255
 DEFAULT_STEPS = 10
@@ -53,6 +57,15 @@ def _canonical(name: str) -> str:
     if key not in ATTACKS:
         raise MedAdvInputError(f"unknown attack {name!r}; expected one of {available_attacks()}")
     return key
+
+
+def display_name(name: str) -> str:
+    """How tables, plots and reports name an attack: ``mifgsm`` -> ``MI-FGSM``, ``pgd`` -> ``PGD``, ...
+
+    A name that is no registry attack (a grid row such as ``pgd40``, or ``clean``) is shown as it is.
+    """
+    key = str(name).strip().lower().replace("-", "").replace("_", "")
+    return DISPLAY_NAMES.get(_ALIASES.get(key, key), str(name))
 
 
 def get_attack(name: str) -> AttackFn:

@@ -107,7 +107,8 @@ def resolve_aliases(aliases: AliasSpec = "auto", require_seg: bool = True) -> di
     for key, patterns in aliases.items():
         patterns = [patterns] if isinstance(patterns, str) else list(patterns)
         if not patterns or not all(isinstance(p, str) and p for p in patterns):
-            raise MedAdvInputError(f"aliases: {key!r} must be a non-empty pattern or list of patterns, got {patterns!r}")
+            raise MedAdvInputError(
+                f"aliases: {key!r} must be a non-empty pattern or list of patterns, got {patterns!r}")
         table[key] = patterns
     return table
 

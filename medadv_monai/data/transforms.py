@@ -8,7 +8,8 @@ A bundle config chains them with MONAI's own transforms (see ``bundles/brats_sli
 
 Volumes are resized in-plane (``spatial_size: [H, W, -1]``) before slicing: one resize per volume instead of one
 per slice. ``ExtractAxialSlicesd`` turns one subject dict into a list of slice dicts; MONAI's ``Compose`` applies
-every later transform to each slice. Array transforms do the work and ``...d`` transforms only walk ``keys``, as in MONAI.
+every later transform to each slice. Array transforms do the work and ``...d`` transforms only walk ``keys``, as in
+MONAI.
 """
 
 from __future__ import annotations
@@ -310,7 +311,8 @@ class ExtractAxialSlicesd(MapTransform):
 class SliceLabeld(MapTransform):
     """Write the slice label: 1 if the tumour mask under ``keys`` is non-empty, else 0 (as a float tensor ``(1,)``)."""
 
-    def __init__(self, keys: KeysCollection = "mask", label_key: str = "label", allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection = "mask", label_key: str = "label",
+                 allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_key = label_key
 

@@ -26,6 +26,7 @@ from monai.data import DataLoader, Dataset
 from monai.handlers import StatsHandler
 from monai.transforms import Compose
 
+from medadv_monai.attacks import display_name
 from medadv_monai.engines.attack_evaluator import AttackEvaluator
 from medadv_monai.engines.grid_cells import CLEAN, AttackCell
 from medadv_monai.errors import MedAdvInputError
@@ -152,7 +153,8 @@ class AttackGridRunner:
                     self.summary_writer.add_scalar(f"{key}/{tag}", summary[key], int(round(cell.eps * 255)))
             self.summary_writer.add_image(f"grid/{cell.label}", grid, 0, dataformats="HW")
         if self._wants_grid(cell):
-            title = f"{cell.label}: clean | adversarial | |difference|/eps | mask"
+            title = (f"{display_name(cell.name)}{' targeted' if cell.targeted else ''}, eps {cell.eps * 255:.4g}/255, "
+                     f"mask {cell.mask}: clean | adversarial | |difference|/eps | mask")
             self.figures["grids"].append(save_grid(grid, self._grid_file(cell), title=title))
 
     def run(self) -> list[dict[str, Any]]:
@@ -206,10 +208,11 @@ class AttackGridRunner:
             ranking, pooled = self.ranking(summary, rows)
             save_csv(ranking, out / "ranking.csv")
             save_csv(pooled, out / "coverage_pooled.csv")
-            curves = {f"{r['attack']} eps{r['eps_255']:g} (all masks)": [p for p in pooled if p["attack"] == r["attack"]
-                      and p["eps_255"] == r["eps_255"]] for r in ranking}
-            figures["mask_ranking"] = plot_ranking([f"{r['mask']} ({r['attack']} eps{r['eps_255']:g})" for r in ranking],
-                                                   [r["asr"] for r in ranking], out / "figures" / "mask_ranking.png")
+            curves = {f"{display_name(r['attack'])} eps{r['eps_255']:g} (all masks)": [
+                p for p in pooled if p["attack"] == r["attack"] and p["eps_255"] == r["eps_255"]] for r in ranking}
+            labels = [f"{r['mask']} ({display_name(r['attack'])} eps{r['eps_255']:g})" for r in ranking]
+            figures["mask_ranking"] = plot_ranking(labels, [r["asr"] for r in ranking],
+                                                   out / "figures" / "mask_ranking.png")
         figures["asr_by_coverage"] = plot_asr_by_coverage(curves, out / "figures" / "asr_by_coverage.png")
         if self.gradcam_layer:
             figures["gradcam"] = self.gradcam(out / "figures" / "gradcam.png")

@@ -33,7 +33,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         raise MedAdvInputError(f"checkpoint {str(path)!r} is not a readable PyTorch checkpoint ({e})") from e
 
 
-def load_weights(network: nn.Module, path: str | os.PathLike, key: str | None = "model", strict: bool = True) -> nn.Module:
+def load_weights(network: nn.Module, path: str | os.PathLike, key: str | None = "model",
+                 strict: bool = True) -> nn.Module:
     """Load a state dict from ``path`` into ``network`` and return the network.
 
     Args:

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from medadv_monai.attacks.registry import display_name  # noqa: E402
 from medadv_monai.utils import atomic_path  # noqa: E402
 
 __all__ = ["adversarial_grid", "save_grid", "plot_robust_accuracy", "plot_asr_by_coverage", "plot_ranking",
@@ -63,7 +64,7 @@ def plot_robust_accuracy(rows: Sequence[Mapping[str, Any]], path: str | os.PathL
                 ax.axhline(r["clean_acc"], color="k", ls="--", lw=1, label="clean")
         for attack in dict.fromkeys(r["attack"] for r in cells if r["attack"] != "clean"):
             pts = sorted((r["eps_255"], r["robust_acc"]) for r in cells if r["attack"] == attack)
-            ax.plot(*zip(*pts), marker="o", label=attack)
+            ax.plot(*zip(*pts), marker="o", label=display_name(attack))
         ax.set_title(f"mask: {mask}")
         ax.set_xlabel("eps (x 1/255)")
         ax.set_ylim(-0.02, 1.02)

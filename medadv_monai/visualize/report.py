@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medadv_monai.attacks.registry import display_name
 from medadv_monai.utils import save_text
 
 __all__ = ["markdown_table", "write_html"]
@@ -23,10 +24,12 @@ def _cell(v: Any) -> str:
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
                    headers: Sequence[str] | None = None) -> str:
-    """A markdown table of ``rows`` with the given ``columns`` (floats to 3 decimals, NaN as a dash)."""
+    """A markdown table of ``rows`` with the given ``columns`` (floats to 3 decimals, NaN as a dash; an ``attack``
+    column shows the attacks' display names, e.g. MI-FGSM for ``mifgsm``)."""
     headers = list(headers or columns)
+    show = lambda c, v: display_name(v) if c == "attack" else _cell(v)  # noqa: E731
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(show(c, r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
