@@ -62,6 +62,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from medadv_monai.data.datalist import MODALITIES
 from medadv_monai.errors import MedAdvInputError
 
 __all__ = [
@@ -78,7 +79,6 @@ __all__ = [
     "check_args",
 ]
 
-MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 SEG_LABELS: tuple[int, ...] = (0, 1, 2, 4)
 MIN_BRAIN_INTENSITY = 1.0
 """Smallest value a brain voxel may take, so that ``image > 0`` is exactly the brain mask."""
