@@ -61,6 +61,7 @@ def test_every_config_declares_the_workflow_properties(trained_classifier, synth
     ev = bundle_copy(ATTACK_EVAL_BUNDLE, tmp_path / "brats_attack_eval")
     _check(ev, ["evaluate.yaml"], "infer", **upstream)
     _check(ev, ["evaluate.yaml", "sweep.yaml"], "infer", **upstream)
+    _check(ev, ["inference.yaml"], "infer", **data, eval_overrides=classifier)
 
 
 def _save_generator(path: Path, modalities=("t2",)) -> Path:
@@ -114,3 +115,19 @@ def test_attack_eval_bundle_alone_runs_its_grid(inputs, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert {s["attack"] for s in summary} == {"clean", "fgsm", "advgan"}
     assert all(s["n"] == len(inputs["slices"]) for s in summary)
+
+
+def test_attack_eval_bundle_alone_runs_inference(inputs, tmp_path):
+    bundle = bundle_copy(ATTACK_EVAL_BUNDLE, tmp_path / "alone" / "brats_attack_eval")
+    out = tmp_path / "out"
+    _run(bundle, ["inference.yaml"], attack="pgd", attack_kwargs={"steps": 3}, eps=EPS, mask="seg", infer_dir=str(out),
+         eval_overrides={"network_def": CLASSIFIER_DEF, "classifier_ckpt": inputs["classifier_ckpt"],
+                         "modalities": inputs["modalities"], "all_modalities": inputs["all_modalities"],
+                         "slices": inputs["slices"]})
+    with open(out / "samples.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(inputs["slices"])
+    for r in rows:  # the seg mask: tumour-free slices are untouched
+        assert float(r["linf"]) <= EPS + 1e-6 and (r["label"] == "1" or float(r["linf"]) == 0.0)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["attack"] == "pgd" and metrics["mask"] == "seg" and metrics["n"] == len(rows)
