@@ -22,7 +22,6 @@ changed file is rebuilt and nothing else. Reads are memory-mapped.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import enum
 import hashlib
 import json
 import multiprocessing as mp
@@ -40,46 +39,17 @@ from monai.transforms import Compose, Transform
 from medadv_monai.data.datalist import MODALITIES
 from medadv_monai.errors import MedAdvInputError, find_input_error
 from medadv_monai.utils import atomic_dir, save_json
+from medadv_monai.utils.fingerprint import describe, fingerprint
 
 __all__ = ["CACHE_FORMAT", "LoadCachedSliced", "SliceCache", "SliceDataset", "pos_weight", "transform_fingerprint"]
 
 CACHE_FORMAT = 1
-_SKIP_ATTRS = {"R"}  # random state: not a setting
-
-
-def _describe(obj: Any, depth: int = 0, seen: set[int] | None = None) -> Any:
-    """A JSON-able description of ``obj``'s settings: primitives as they are, objects as class + attributes."""
-    seen = set() if seen is None else seen
-    if isinstance(obj, (bool, int, float, str, type(None))):
-        return obj
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, (torch.Tensor, np.ndarray)):
-        arr = obj.detach().cpu().numpy() if isinstance(obj, torch.Tensor) else obj
-        return {"array": hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:16], "shape": arr.shape}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
-        return [_describe(o, depth + 1, seen) for o in items]
-    if isinstance(obj, Mapping):
-        return {str(k): _describe(v, depth + 1, seen) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
-    kind = type(obj)
-    name = f"{kind.__module__}.{kind.__qualname__}"
-    if isinstance(obj, type) or callable(obj) and not hasattr(obj, "__dict__"):
-        return getattr(obj, "__qualname__", name)
-    if id(obj) in seen or depth > 6 or not hasattr(obj, "__dict__"):
-        return name
-    seen.add(id(obj))
-    attrs = {k: _describe(v, depth + 1, seen) for k, v in sorted(vars(obj).items()) if k not in _SKIP_ATTRS}
-    return {"class": name, **attrs}
 
 
 def transform_fingerprint(transform: Callable) -> tuple[str, Any]:
     """Fingerprint of a transform chain: ``(sha256 hex, description)`` of its classes and settings."""
-    description = {"format": CACHE_FORMAT, "chain": _describe(transform)}
-    text = json.dumps(description, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest(), description
+    description = {"format": CACHE_FORMAT, "chain": describe(transform)}
+    return fingerprint(description), description
 
 
 def _files_fingerprint(item: Mapping[str, Any], keys: Sequence[str]) -> str:
