@@ -48,7 +48,8 @@ def test_every_config_declares_the_workflow_properties(trained_classifier, synth
     data = {"dataset_dir": str(synth_dir)}
     shaping = {"image_size": [32, 32]}
     cls = bundle_copy(CLASSIFIER_BUNDLE, tmp_path / "brats_slice_classifier")
-    own = {**data, "work_dir": str(trained_classifier / "work"), "output_dir": str(trained_classifier / "models")}
+    # a fresh output_dir: initializing train.yaml opens a TensorBoard writer there (the shared fixture stays as is)
+    own = {**data, "work_dir": str(trained_classifier / "work"), "output_dir": str(tmp_path / "models")}
     _check(cls, ["train.yaml"], "train", **own, **shaping)
     _check(cls, ["train.yaml", "evaluate.yaml"], "infer", **own, **shaping)
     _check(cls, ["inference.yaml"], "infer", **own, train_overrides=shaping)

@@ -10,7 +10,24 @@ from typing import Any
 
 from medadv_monai.errors import MedAdvInputError
 
-__all__ = ["check_choice", "check_eps", "check_int", "check_nonneg", "format_eps"]
+__all__ = ["check_bool", "check_choice", "check_eps", "check_int", "check_nonneg", "format_eps"]
+
+
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
+
+
+def check_bool(value: Any, what: str) -> bool:
+    """A switch: ``True``/``False``, ``0``/``1``, or the strings true/false/yes/no/1/0 (any case).
+
+    ``python -m monai.bundle run --resume false`` passes the string ``'false'``, which Python would take as true.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise MedAdvInputError(f"{what} must be true or false (or yes/no, 1/0), got {value!r}")
 
 
 def check_choice(value: Any, allowed: Sequence[str], what: str) -> str:
