@@ -8,12 +8,14 @@ from medadv_monai.handlers.checkpoint import AtomicCheckpointSaver, ResumeFromLa
 from medadv_monai.handlers.determinism import SeedEpochs
 from medadv_monai.handlers.image_grid import AttackImageGrid
 from medadv_monai.handlers.sample_recorder import PerSampleRecorder
+from medadv_monai.handlers.threshold import CalibrateThreshold
 from medadv_monai.handlers.writers import MetricsJSONWriter, NullSummaryWriter, SlicePredictionWriter, prediction_rows
 
 __all__ = [
     "AtomicCheckpointSaver",
     "AttackImageGrid",
     "AttackSummary",
+    "CalibrateThreshold",
     "MetricsJSONWriter",
     "NullSummaryWriter",
     "PerSampleRecorder",

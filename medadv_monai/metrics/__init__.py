@@ -15,6 +15,7 @@ from medadv_monai.metrics.core import (
     summarize,
     summarize_columns,
     total_variation,
+    youden_threshold,
 )
 from medadv_monai.metrics.keys import (
     LABEL_KEY,
@@ -49,4 +50,5 @@ __all__ = [
     "summarize",
     "summarize_columns",
     "total_variation",
+    "youden_threshold",
 ]

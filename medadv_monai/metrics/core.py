@@ -45,6 +45,7 @@ __all__ = [
     "summarize_columns",
     "total_variation",
     "ssim",
+    "youden_threshold",
 ]
 
 
@@ -246,3 +247,29 @@ def coverage_bins(
         rows.append({"bin_lo": float(lo), "bin_hi": float(hi), "n": k,
                      "asr": _ratio(float((suc & inside).sum()), k)})
     return rows
+
+
+def youden_threshold(scores: Sequence[float] | torch.Tensor, labels: Sequence[int] | torch.Tensor) -> float:
+    """The decision threshold on ``scores`` that maximises Youden's J = sensitivity + specificity - 1.
+
+    Candidates are the midpoints between consecutive distinct scores (a slice is positive when its score is above
+    the threshold); among equally good ones the one closest to 0 (a logit of 0 is probability 0.5) is taken. With a
+    single class present there is nothing to balance and the threshold is 0.
+
+    Args:
+        scores: ``(N,)`` scores, e.g. logits, higher meaning positive.
+        labels: ``(N,)`` 0/1 labels.
+    """
+    z = torch.as_tensor(scores, dtype=torch.float64).reshape(-1)
+    y = torch.as_tensor(labels).reshape(-1).bool()
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return 0.0
+    values = torch.unique(z)  # sorted
+    if len(values) == 1:
+        return float(values[0])
+    cands = (values[:-1] + values[1:]) / 2
+    above = z[None, :] > cands[:, None]  # (candidates, N)
+    j = (above & y).sum(1) / n_pos + (~above & ~y).sum(1) / n_neg - 1
+    best = j == j.max()
+    return float(cands[best][cands[best].abs().argmin()])

@@ -17,6 +17,13 @@ class SliceClassifier(nn.Module):
     The default (32, 64, 128) is the reference work's network. MONAI's 2D ``resnet18`` or ``DenseNet121`` replace
     it by editing ``network_def`` in the bundle config (see the bundle's docs/README.md).
 
+    **Decision threshold.** A single-logit model carries its decision threshold :math:`t` (a logit) as the buffer
+    ``decision_threshold``, saved in its state dict. In eval mode it returns :math:`z - t`, so "logit > 0" (the
+    rule every prediction, accuracy and attack-success count in this package uses) means :math:`z > t`; in train
+    mode it returns :math:`z`, so training is unaffected. :class:`~medadv_monai.handlers.CalibrateThreshold` sets
+    :math:`t` on the validation split. The shift changes no gradient sign, so the sign-gradient attacks take the
+    same steps; ROC AUC is unchanged. A state dict without the buffer (an older checkpoint) loads with :math:`t = 0`.
+
     Args:
         in_channels: input channels (one per modality).
         channels: output channels of each conv block.
@@ -45,7 +52,15 @@ class SliceClassifier(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(prev, num_classes)
+        self.register_buffer("decision_threshold", torch.zeros(()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, in_channels, H, W)`` -> logits ``(N, num_classes)``."""
-        return self.fc(self.dropout(self.pool(self.features(x)).flatten(1)))
+        """``(N, in_channels, H, W)`` -> logits ``(N, num_classes)``, shifted by the decision threshold in eval mode."""
+        logits = self.fc(self.dropout(self.pool(self.features(x)).flatten(1)))
+        if self.training or logits.shape[1] != 1:
+            return logits
+        return logits - self.decision_threshold
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        state_dict.setdefault(prefix + "decision_threshold", torch.zeros(()))  # older checkpoints: t = 0
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
