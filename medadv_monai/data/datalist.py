@@ -17,14 +17,26 @@ TCGA sample with ``_t1_bet`` / ``_t1c_bet`` / ``_t2_bet`` / ``_fla_bet`` names a
     flair: ["{subject}_fla_bet.nii.gz"]
     seg: ["fusion/simple.nii.gz"]
 
+Patterns are relative to the subject folder (an absolute pattern is an error). ``{subject}`` is replaced by the
+folder name taken literally (a folder named ``sub[01]`` matches files named ``sub[01]_...``); the rest of the
+pattern keeps its glob meaning (``*``, ``?``, ``[...]``).
+
 The split is by subject, never by slice: subjects are shuffled with a seeded generator and cut into
-training / validation / test by the given fractions (default 0.70 / 0.15 / 0.15). The datalist is a MONAI
-decathlon-style JSON: ``{"training": [...], "validation": [...], "test": [...]}``, each entry
+training / validation / test by the given fractions (default 0.70 / 0.15 / 0.15). A split whose fraction is above
+0 must get at least one subject (:func:`build_datalist` refuses a dataset too small for its fractions); a fraction
+of 0 leaves its split empty on purpose. The datalist is a MONAI decathlon-style JSON:
+``{"training": [...], "validation": [...], "test": [...]}``, each entry
 ``{"subject": id, "t1": path, "t1ce": path, "t2": path, "flair": path, "seg": path}`` with absolute paths.
+
+A datalist written to a file is stamped (:mod:`medadv_monai.utils.fingerprint`) with what made it: the resolved
+dataset folder, the resolved alias table, the fractions, the seed, every subject folder and the names of the files
+in it, and the datalist's own digest. :func:`ensure_datalist` reuses the file only while that stamp matches, and
+rebuilds it otherwise.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import random
@@ -34,6 +46,7 @@ from typing import Any, Union
 
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.utils import save_json
+from medadv_monai.utils.fingerprint import check_stamp, file_digest, write_stamp
 
 __all__ = [
     "MODALITIES",
@@ -46,6 +59,8 @@ __all__ = [
     "build_datalist",
     "load_datalist",
     "ensure_datalist",
+    "datalist_description",
+    "stamp_path",
 ]
 
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -109,8 +124,22 @@ def resolve_aliases(aliases: AliasSpec = "auto", require_seg: bool = True) -> di
         if not patterns or not all(isinstance(p, str) and p for p in patterns):
             raise MedAdvInputError(
                 f"aliases: {key!r} must be a non-empty pattern or list of patterns, got {patterns!r}")
+        for p in patterns:
+            _check_pattern(key, p)
         table[key] = patterns
     return table
+
+
+def _check_pattern(key: str, pattern: str) -> None:
+    if os.path.isabs(pattern) or pattern.startswith("~"):
+        raise MedAdvInputError(
+            f"aliases: pattern {pattern!r} for {key!r} is absolute; patterns are relative to the subject folder, "
+            "e.g. '{subject}_t1.nii.gz' or 'fusion/simple.nii.gz'")
+    try:
+        pattern.format(subject="x")
+    except (KeyError, IndexError, ValueError) as e:
+        raise MedAdvInputError(
+            f"aliases: pattern {pattern!r} for {key!r}: only {{subject}} may stand in braces ({e!r})") from None
 
 
 def _read_table_file(path: Path) -> Any:
@@ -128,9 +157,11 @@ def _read_table_file(path: Path) -> Any:
 
 
 def _match(subject_dir: Path, patterns: Sequence[str]) -> list[Path]:
-    """Files matched by the first pattern that matches anything (sorted)."""
+    """Files matched by the first pattern that matches anything (sorted). ``{subject}`` is the folder name taken
+    literally (glob-escaped); the rest of the pattern is a glob."""
     for pattern in patterns:
-        hits = sorted(p for p in subject_dir.glob(pattern.format(subject=subject_dir.name)) if p.is_file())
+        hits = sorted(p for p in subject_dir.glob(pattern.format(subject=glob.escape(subject_dir.name)))
+                      if p.is_file())
         if hits:
             return hits
     return []
@@ -164,6 +195,19 @@ def _auto_table(subject_dir: Path, require_seg: bool) -> dict[str, list[str]]:
     return {k: best[k] for k in keys}
 
 
+def _subject_dirs(dataset_dir: str | os.PathLike) -> list[Path]:
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise MedAdvInputError(f"dataset_dir {str(root)!r} does not exist or is not a folder")
+    try:
+        subject_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as e:
+        raise MedAdvInputError(f"dataset_dir {str(root)!r}: cannot list it ({e.strerror or e})") from e
+    if not subject_dirs:
+        raise MedAdvInputError(f"dataset_dir {str(root)!r} holds no subject folders; expected one folder per subject")
+    return subject_dirs
+
+
 def find_subjects(
     dataset_dir: str | os.PathLike, aliases: AliasSpec = "auto", require_seg: bool = True
 ) -> list[dict[str, str]]:
@@ -173,18 +217,24 @@ def find_subjects(
         MedAdvInputError: the folder does not exist, holds no subject folders, or a subject lacks a file or has
             several candidates for one key. The message names the subject folder and the patterns tried.
     """
-    root = Path(dataset_dir)
-    if not root.is_dir():
-        raise MedAdvInputError(f"dataset_dir {str(root)!r} does not exist or is not a folder")
+    subject_dirs = _subject_dirs(dataset_dir)
     table = resolve_aliases(aliases, require_seg=require_seg)
-    subject_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not subject_dirs:
-        raise MedAdvInputError(f"dataset_dir {str(root)!r} holds no subject folders; expected one folder per subject")
     entries = []
     for subject_dir in subject_dirs:
         subject_table = _auto_table(subject_dir, require_seg) if table == "auto" else table
         entries.append(_find_subject_files(subject_dir, subject_table))
     return entries
+
+
+def _fractions(fractions: Any) -> list[float]:
+    try:
+        values = [float(f) for f in fractions] if not isinstance(fractions, (str, bytes)) else []
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 3 or any(not f >= 0 for f in values) or abs(sum(values) - 1.0) > 1e-6:
+        raise MedAdvInputError(f"split_fractions {fractions!r} must be three non-negative numbers "
+                               "(training, validation, test) summing to 1")
+    return values
 
 
 def split_subjects(
@@ -193,13 +243,11 @@ def split_subjects(
     """Split subject ids into training / validation / test with a seeded shuffle.
 
     Validation and test get ``round(fraction * n)`` subjects each, at least one each when there are three or more
-    subjects and the fraction is positive; training gets the rest. Each list keeps the input order.
+    subjects and the fraction is positive; training gets the rest. Each list keeps the input order. Fewer than
+    three subjects can leave a split with a positive fraction empty: :func:`build_datalist` refuses that, this
+    function only splits.
     """
-    fractions = [float(f) for f in fractions]
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-        raise MedAdvInputError(
-            f"split fractions {fractions} must be three non-negative numbers (training, validation, test) summing to 1"
-        )
+    fractions = _fractions(fractions)
     n = len(subjects)
     order = list(subjects)
     random.Random(seed).shuffle(order)
@@ -211,7 +259,7 @@ def split_subjects(
         counts.append(k)
     n_val, n_test = counts
     if n_val + n_test >= n and n > 0:
-        raise MedAdvInputError(f"{n} subject(s) are too few for split fractions {fractions}: training would be empty")
+        raise MedAdvInputError(f"{n} subject(s) are too few for split_fractions {fractions}: training would be empty")
     val, test = set(order[:n_val]), set(order[n_val : n_val + n_test])
     rank = {s: i for i, s in enumerate(subjects)}
     out = {"training": [], "validation": [], "test": []}
@@ -228,14 +276,49 @@ def build_datalist(
     seed: int = 0,
     require_seg: bool = True,
 ) -> dict[str, list[dict[str, str]]]:
-    """Scan ``dataset_dir``, split its subjects and return (and, if ``out`` is given, atomically write) the datalist."""
+    """Scan ``dataset_dir``, split its subjects and return (and, if ``out`` is given, atomically write) the datalist.
+
+    A written datalist is stamped (see :func:`stamp_path`) so :func:`ensure_datalist` can tell whether it is still
+    what these arguments make.
+
+    Raises:
+        MedAdvInputError: bad folder, aliases or fractions; a split whose fraction is above 0 gets no subject; the
+            file cannot be written (the message names it; nothing half-written is left).
+    """
+    description = datalist_description(dataset_dir, aliases, fractions, seed, require_seg) if out else None
+    return _build(dataset_dir, out, aliases, fractions, seed, require_seg, description)
+
+
+def _build(dataset_dir: str | os.PathLike, out: str | os.PathLike | None, aliases: AliasSpec,
+           fractions: Sequence[float], seed: int, require_seg: bool,
+           description: Mapping[str, Any] | None) -> dict[str, list[dict[str, str]]]:
     entries = find_subjects(dataset_dir, aliases=aliases, require_seg=require_seg)
     by_id = {e["subject"]: e for e in entries}
     split = split_subjects(list(by_id), fractions=fractions, seed=seed)
+    _check_not_empty(split, _fractions(fractions))
     datalist = {name: [by_id[s] for s in ids] for name, ids in split.items()}
     if out is not None:
-        save_json(datalist, out)
+        stamp = stamp_path(out)
+        try:
+            stamp.unlink(missing_ok=True)  # a datalist is never left beside a stamp that describes another one
+            save_json(datalist, out)
+            write_stamp(stamp, {**description, "datalist": file_digest(out)})
+        except OSError as e:
+            raise MedAdvInputError(f"datalist {str(out)!r}: cannot write it ({e.strerror or e}); "
+                                   "free disk space or choose a writable work_dir / datalist_file") from e
     return datalist
+
+
+def _check_not_empty(split: Mapping[str, Sequence[str]], fractions: Sequence[float]) -> None:
+    """A split whose fraction is above 0 must get a subject (a fraction of 0 leaves its split empty on purpose)."""
+    empty = [name for name, f in zip(SPLITS, fractions) if f > 0 and not split[name]]
+    if empty:
+        n = sum(len(v) for v in split.values())
+        got = ", ".join(f"{name} {len(split[name])}" for name in SPLITS)
+        raise MedAdvInputError(
+            f"{n} subject(s) split by split_fractions {list(fractions)} give {got} subject(s): the "
+            f"{' and '.join(empty)} split would be empty; use at least 3 subjects, or give 0 to a split you do not "
+            "need in split_fractions, e.g. --split_fractions \"[1.0, 0.0, 0.0]\" for training only")
 
 
 def load_datalist(path: str | os.PathLike) -> dict[str, list[dict[str, str]]]:
@@ -255,6 +338,46 @@ def load_datalist(path: str | os.PathLike) -> dict[str, list[dict[str, str]]]:
     return data
 
 
+def stamp_path(path: str | os.PathLike) -> Path:
+    """Where the stamp of the datalist at ``path`` lives: ``datalist.json`` -> ``datalist.stamp.json``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem if path.suffix == '.json' else path.name}.stamp.json")
+
+
+def datalist_description(
+    dataset_dir: str | os.PathLike,
+    aliases: AliasSpec = "auto",
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    require_seg: bool = True,
+) -> dict[str, Any]:
+    """What makes a datalist: the resolved dataset folder, the resolved alias table (``"auto"`` with the built-in
+    tables it tries), the fractions, the seed, and every subject folder with the names of the files in it.
+
+    Raises:
+        MedAdvInputError: the folder does not exist or holds no subject folder, or the aliases are invalid.
+    """
+    subject_dirs = _subject_dirs(dataset_dir)
+    table = resolve_aliases(aliases, require_seg=require_seg)
+    return {
+        "dataset_dir": str(Path(dataset_dir).resolve()),
+        "aliases": {"auto": BUILTIN_ALIASES} if table == "auto" else table,
+        "require_seg": bool(require_seg),
+        "fractions": _fractions(fractions),
+        "seed": seed,
+        "subjects": {d.name: _file_names(d) for d in subject_dirs},
+    }
+
+
+def _file_names(subject_dir: Path) -> list[str]:
+    names = []
+    for parent, dirs, files in os.walk(subject_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = Path(parent).relative_to(subject_dir)
+        names += [str(rel / f) for f in sorted(files) if not f.startswith(".")]
+    return names
+
+
 def ensure_datalist(
     dataset_dir: str | os.PathLike,
     path: str | os.PathLike,
@@ -262,10 +385,21 @@ def ensure_datalist(
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 0,
 ) -> dict[str, list[dict[str, str]]]:
-    """Load the datalist at ``path``, building it from ``dataset_dir`` first if it does not exist yet.
+    """The datalist of ``dataset_dir`` kept at ``path``: reused while its stamp matches, else (re)built.
 
-    This is what bundle configs call, so a first run needs nothing but a dataset dir.
+    This is what bundle configs call, so a first run needs nothing but a dataset dir. The file at ``path`` is this
+    function's own: when the dataset folder, the aliases, the fractions, the seed, the subject folders or their
+    file names change, or the file was edited or damaged, it is rebuilt (and a dataset folder that no longer
+    exists is an error, never a reason to reuse the old list). To use a fixed datalist instead, set the config's
+    ``datalist`` to ``$medadv_monai.data.load_datalist('<file>')``.
     """
-    if Path(path).is_file():
-        return load_datalist(path)
-    return build_datalist(dataset_dir, out=path, aliases=aliases, fractions=fractions, seed=seed)
+    description = datalist_description(dataset_dir, aliases, fractions, seed)  # a missing folder fails here
+    path = Path(path)
+    if path.is_file():
+        try:
+            stamped = {**description, "datalist": file_digest(path)}
+        except MedAdvInputError:
+            stamped = None
+        if stamped is not None and not check_stamp(stamp_path(path), stamped):
+            return load_datalist(path)
+    return _build(dataset_dir, path, aliases, fractions, seed, True, description)

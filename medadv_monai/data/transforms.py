@@ -6,6 +6,12 @@ A bundle config chains them with MONAI's own transforms (see ``bundles/brats_sli
         -> Resized (modalities, in-plane) -> Resized (mask, area) -> AsDiscreted (mask > 0)
         -> ExtractAxialSlicesd -> SliceLabeld
 
+Every modality and the seg of a subject must be one 3D volume (a 4D file whose 4th dimension is 1 counts as 3D;
+any other 4D file is an error: its extra volumes would otherwise become extra channels and shift every later
+modality), and all must share shape, orientation and affine (within ``affine_tolerance``). A volume stored in
+another orientation is an error unless ``LoadVolumesd(orientation="RAS")`` (any three axis codes) reorients every
+volume on load, which flips and permutes axes only (no resampling).
+
 Volumes are resized in-plane (``spatial_size: [H, W, -1]``) before slicing: one resize per volume instead of one
 per slice. ``ExtractAxialSlicesd`` turns one subject dict into a list of slice dicts; MONAI's ``Compose`` applies
 every later transform to each slice. Array transforms do the work and ``...d`` transforms only walk ``keys``, as in
@@ -18,11 +24,12 @@ import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import LoadImaged, MapTransform, Transform
+from monai.transforms import LoadImaged, MapTransform, Orientation, Transform
 
 from medadv_monai.errors import MedAdvInputError
 
@@ -50,11 +57,29 @@ class LoadVolumesd(LoadImaged):
 
     Always ``image_only`` and channel-first; ``reader`` is any MONAI reader name, e.g. ``"NibabelReader"`` or
     ``"ITKReader"``.
+
+    Args:
+        orientation: ``None`` (default): volumes stay as stored, and :class:`ValidateVolumesd` refuses a subject
+            whose volumes differ in orientation. Three axis codes such as ``"RAS"``: every volume is reoriented to
+            them on load (MONAI's ``Orientation``: axis flips and permutations, no resampling), so a modality
+            stored flipped or transposed lines up with the others and the seg.
     """
 
-    def __init__(self, keys: KeysCollection, reader: str | None = "NibabelReader", **kwargs: Any) -> None:
+    _LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+    def __init__(self, keys: KeysCollection, reader: str | None = "NibabelReader", orientation: str | None = None,
+                 **kwargs: Any) -> None:
         kwargs.update(image_only=True, ensure_channel_first=True)
         super().__init__(keys, reader=reader, **kwargs)
+        if orientation is not None:
+            codes = str(orientation).upper()
+            axes = [next((i for i, pair in enumerate(self._LABELS) if c in pair), None) for c in codes]
+            if not isinstance(orientation, str) or sorted(-1 if a is None else a for a in axes) != [0, 1, 2]:
+                raise MedAdvInputError(f"orientation {orientation!r}: expected three axis codes, one of L/R, one "
+                                       "of P/A and one of I/S, e.g. 'RAS', or None to keep volumes as stored")
+            orientation = codes
+        self.orientation = orientation
+        self._orient = None if orientation is None else Orientation(axcodes=orientation, labels=self._LABELS)
 
     def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
         d = dict(data)
@@ -66,20 +91,26 @@ class LoadVolumesd(LoadImaged):
                     f"{d[key]}: cannot read {key!r} as a NIfTI volume ({type(e).__name__}: {e}); "
                     "the file may be truncated or not an image"
                 ) from e
+            if self._orient is not None and d[key].ndim == 4:  # other shapes: ValidateVolumesd names the file
+                d[key] = self._orient(d[key])
         return d
 
 
 class ValidateVolumesd(MapTransform):
     """Check loaded volumes before any work is done on them.
 
-    Checks that every key has the same spatial shape, that voxels are finite, that no modality is all zero, and
-    that the segmentation holds only ``allowed_labels``. Each failure raises :class:`MedAdvInputError` naming the
-    file and what was expected. The data pass through unchanged.
+    Checks that every key is one 3D volume (a file whose 4th dimension is 1 counts as 3D; other 4D files are
+    refused), that all keys share spatial shape, orientation and affine (voxel spacing, origin, direction, each
+    within ``affine_tolerance``), that voxels are finite, that no modality is all zero, and that the segmentation
+    holds only ``allowed_labels``. Each failure raises :class:`MedAdvInputError` naming the file (both files for a
+    mismatch) and what was expected. The data pass through unchanged.
 
     Args:
         keys: image keys (modalities and seg).
         seg_key: the segmentation key, checked for labels instead of emptiness.
         allowed_labels: the labels a segmentation may hold (BraTS: 0, 1, 2, 4).
+        affine_tolerance: the largest absolute difference allowed between two volumes' spacing (mm), origin (mm)
+            and direction cosines (default 1e-3: header rounding passes, a real offset does not).
     """
 
     def __init__(
@@ -87,11 +118,16 @@ class ValidateVolumesd(MapTransform):
         keys: KeysCollection,
         seg_key: str | None = "seg",
         allowed_labels: Sequence[int] = (0, 1, 2, 4),
+        affine_tolerance: float = 1e-3,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.seg_key = seg_key
         self.allowed_labels = tuple(int(v) for v in allowed_labels)
+        if isinstance(affine_tolerance, bool) or not isinstance(affine_tolerance, (int, float)) \
+                or not 0 <= affine_tolerance < float("inf"):
+            raise MedAdvInputError(f"affine_tolerance={affine_tolerance!r}: expected a finite number >= 0")
+        self.affine_tolerance = float(affine_tolerance)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -99,6 +135,7 @@ class ValidateVolumesd(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             name = source_name(img)
+            _check_3d(img, key, name)
             shape = tuple(img.shape[1:])
             if ref_shape is None:
                 ref_key, ref_shape = key, shape
@@ -107,6 +144,8 @@ class ValidateVolumesd(MapTransform):
                     f"{name}: {key!r} has shape {shape} but {ref_key!r} ({source_name(d[ref_key])}) has {ref_shape}; "
                     "all modalities and the seg of a subject must share one grid"
                 )
+            else:
+                self._check_geometry(img, key, d[ref_key], ref_key)
             arr = torch.as_tensor(img)
             if key == self.seg_key:
                 self._check_labels(arr, name)
@@ -118,6 +157,25 @@ class ValidateVolumesd(MapTransform):
                 raise MedAdvInputError(f"{name}: {key!r} is all zero; expected a brain volume")
         return d
 
+    def _check_geometry(self, img: Any, key: Hashable, ref: Any, ref_key: Hashable) -> None:
+        """Same orientation, spacing, origin and direction as the first key (volumes without an affine pass)."""
+        if not isinstance(img, MetaTensor) or not isinstance(ref, MetaTensor):
+            return
+        a, b = (np.asarray(x.affine, dtype=np.float64) for x in (img, ref))
+        both = f"{source_name(img)}: {key!r} and {ref_key!r} ({source_name(ref)})"
+        codes_a, codes_b = ("".join(nib.aff2axcodes(x)) for x in (a, b))
+        if codes_a != codes_b:
+            raise MedAdvInputError(
+                f"{both} differ in orientation: {codes_a} vs {codes_b}; all modalities and the seg of a subject must "
+                "share one orientation (or reorient every volume on load: --orientation RAS)")
+        spacing_a, spacing_b = (np.linalg.norm(x[:3, :3], axis=0) for x in (a, b))
+        for what, va, vb in (("voxel spacing", spacing_a, spacing_b), ("origin", a[:3, 3], b[:3, 3]),
+                             ("direction", a[:3, :3] / spacing_a, b[:3, :3] / spacing_b)):
+            if np.abs(va - vb).max() > self.affine_tolerance:
+                raise MedAdvInputError(
+                    f"{both} differ in {what}: {_fmt(va)} vs {_fmt(vb)} (tolerance {self.affine_tolerance:g}); all "
+                    "modalities and the seg of a subject must share one grid (shape, orientation and affine)")
+
     def _check_labels(self, seg: torch.Tensor, name: str) -> None:
         if not bool(torch.isfinite(seg).all()):
             raise MedAdvInputError(f"{name}: NaN or Inf in the segmentation; expected integer labels")
@@ -128,6 +186,25 @@ class ValidateVolumesd(MapTransform):
                 f"{name}: segmentation labels {[_num(v) for v in extra]} are outside the configured set "
                 f"{list(self.allowed_labels)}"
             )
+
+
+def _check_3d(img: Any, key: Hashable, name: str) -> None:
+    """One 3D volume, loaded channel-first as (1, X, Y, Z); the message gives the file's own shape."""
+    if img.ndim == 4 and img.shape[0] == 1:
+        return
+    meta = getattr(img, "meta", None) or {}
+    dim = np.asarray(meta.get("dim", [])).astype(int).tolist()
+    if dim and 0 < dim[0] < len(dim):
+        file_shape = tuple(dim[1 : dim[0] + 1])
+    else:
+        file_shape = tuple(img.shape[1:]) + ((int(img.shape[0]),) if img.shape[0] != 1 else ())
+    raise MedAdvInputError(
+        f"{name}: {key!r} has shape {file_shape} ({len(file_shape)}D); expected one 3D volume per modality and seg "
+        "(a 4D file is read only when its 4th dimension is 1)")
+
+
+def _fmt(v: np.ndarray) -> list:
+    return np.round(np.asarray(v, dtype=np.float64), 4).tolist()
 
 
 def _num(v: float) -> int | float:
