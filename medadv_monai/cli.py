@@ -10,8 +10,17 @@
     medadv demo     --out DIR                                                the whole pipeline on synthetic data
 
 ``cache`` and ``stats`` read a bundle config (default: the slice classifier's ``configs/train.yaml``); any other
-``--key value`` overrides that config id, as with ``python -m monai.bundle run``. Bad input ends with one line
-naming the file, key or value and what was expected, and exit status 2.
+``--key value`` overrides that config id, as with ``python -m monai.bundle run``. The config is checked before
+anything runs: a file that is not valid YAML (its line is named), an id that is in none of the config files
+(``--imagesize`` -> "did you mean 'image_size'?") and a setting of the wrong type or range
+(:mod:`medadv_monai.settings`) are refused. Commands that parse bundle configs print MONAI's trust note about
+``$`` expressions once, on stderr.
+
+Exit status: 0 on success; 2 for a failure the user or the machine caused, shown as one line
+``medadv: error: ...`` naming the file, id or value and what was expected (bad input, a YAML syntax error, disk
+full, permission denied, a folder where a file is expected: ``<file>: <reason>``); anything else is a bug and keeps
+its traceback (exit status 1). ``medadv --debug ...`` (or ``MEDADV_DEBUG=1``, which also works for
+``python -m monai.bundle run``) shows the traceback of every failure.
 """
 
 from __future__ import annotations
@@ -19,12 +28,30 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from medadv_monai.bundle import load_bundle_config
-from medadv_monai.errors import find_input_error
+from medadv_monai.bundle import bundles_dir, load_bundle_config, trust_note
+from medadv_monai.errors import MedAdvInputError, close_progress_bars, debug_enabled, describe_failure
 
 __all__ = ["main"]
+
+
+def _config(config: str | None, overrides: dict[str, Any]) -> Any:
+    """The bundle config with its overrides, checked before anything of it runs (the trust note comes first)."""
+    from medadv_monai.settings import check_config
+
+    parser = load_bundle_config(config, **overrides)  # files, YAML, ids, plain settings: nothing evaluated yet
+    files = [config] if isinstance(config, (str, Path)) else list(config or [])
+    trust_note(files or [Path(bundles_dir(), "brats_slice_classifier", "configs", "train.yaml")])
+    check_config(parser)  # settings given as `$` expressions, evaluated
+    return parser
+
+
+def _file_out(out: str | None, example: str) -> None:
+    """Refuse an ``--out`` that names a folder where a file is written (before any work is done)."""
+    if out and Path(out).is_dir():
+        raise MedAdvInputError(f"--out {out!r} is a folder; expected a file name, e.g. {str(Path(out, example))!r}")
 
 
 def _datasets(parser: Any) -> tuple[Any, dict]:
@@ -58,12 +85,13 @@ class Commands:
         """Scan DATASET_DIR (one folder per subject), split by subject and write a MONAI datalist JSON to OUT."""
         from medadv_monai.data import build_datalist
 
+        _file_out(out, "datalist.json")
         dl = build_datalist(dataset_dir, out=out, aliases=aliases, fractions=fractions, seed=seed)
         return f"{out}: " + ", ".join(f"{k} {len(v)}" for k, v in dl.items()) + " subjects"
 
     def cache(self, config: str | None = None, **overrides: Any) -> str:
         """Build the slice cache of a bundle config by running its `slice_transforms` over every subject."""
-        cache, datalist = _datasets(load_bundle_config(config, **overrides))
+        cache, datalist = _datasets(_config(config, overrides))
         figures = cache.build([i for items in datalist.values() for i in items], progress=True)
         return f"slice cache {cache.path}: " + json.dumps(figures)
 
@@ -72,7 +100,8 @@ class Commands:
         from medadv_monai.data import format_statistics, split_statistics
         from medadv_monai.utils import save_json
 
-        parser = load_bundle_config(config, **overrides)
+        _file_out(out, "stats.json")
+        parser = _config(config, overrides)
         cache, datalist = _datasets(parser)
         rows = split_statistics(cache.datasets(datalist, modalities=parser["modalities"]))
         if out:
@@ -83,6 +112,8 @@ class Commands:
         """Run the project's benchmarks, write them to OUT as JSON and print a table."""
         from medadv_monai.bench import format_bench, run_benchmarks
 
+        _file_out(out, "bench.json")
+        trust_note([bundles_dir()])
         return format_bench(run_benchmarks(out, quick=quick))
 
     def demo(self, out: str = "demo_out", dataset_dir: str | None = None, redo: bool = False,
@@ -93,24 +124,29 @@ class Commands:
         """
         from medadv_monai.demo import run_demo
 
+        trust_note([bundles_dir()])
         return str(run_demo(out, dataset_dir=dataset_dir, redo=redo, verbose=verbose))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``medadv`` console command."""
+    """Entry point of the ``medadv`` console command; returns the exit status (see the module docstring)."""
     import fire
 
     args = list(sys.argv[1:] if argv is None else argv)
+    head = args[: args.index("--")] if "--" in args else args
+    debug = "--debug" in head or debug_enabled()
+    args = [a for a in head if a != "--debug"] + args[len(head):]
     if "--" not in args and ({"--help", "-h"} & set(args)):
         # `cache` and `stats` take any --key as a config override, so fire would read --help as one
         args = [a for a in args if a not in ("--help", "-h")] + ["--", "--help"]
     try:
         fire.Fire(Commands, command=args, name="medadv")  # prints results
-    except Exception as e:  # noqa: BLE001 - turn input errors into one line; keep tracebacks for bugs
-        err = find_input_error(e)
-        if err is None:
+    except Exception as e:  # noqa: BLE001 - failures the user or machine caused become one line; bugs keep tracebacks
+        line = None if debug else describe_failure(e)
+        if line is None:
             raise
-        print(f"medadv: error: {err}", file=sys.stderr)
+        close_progress_bars()
+        print(f"medadv: error: {line}", file=sys.stderr)
         return 2
     except SystemExit as e:  # fire exits on usage errors
         return int(e.code or 0)

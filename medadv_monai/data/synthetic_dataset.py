@@ -16,6 +16,7 @@ from medadv_monai.data.synthetic import (
     subject_name,
     synthetic_subject,
 )
+from medadv_monai.errors import MedAdvInputError
 from medadv_monai.utils import atomic_dir
 
 __all__ = ["make_synthetic_brats"]
@@ -66,12 +67,16 @@ def make_synthetic_brats(
         The subject folders, in order (including the ones left alone).
 
     Raises:
-        MedAdvInputError: a bad argument; the message names it, its value and what was expected.
+        MedAdvInputError: a bad argument (``out_dir`` an existing file, ...); the message names it, its value and
+            what was expected.
     """
     subjects, shape3, seed, tumour_fraction, noise, bias = check_args(
         subjects, shape, seed, tumour_fraction, noise, bias
     )
     root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise MedAdvInputError(f"dataset folder {str(root)!r} is a file; expected a folder (new, or one that "
+                               f"holds subject folders)")
     folders = []
     for index in range(subjects):
         folder = root / subject_name(index)

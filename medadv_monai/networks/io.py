@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from typing import Any
 
 import torch
@@ -14,23 +15,45 @@ from medadv_monai.errors import MedAdvInputError
 __all__ = ["freeze", "load_checkpoint", "load_frozen", "load_weights"]
 
 
+def _refused_global(message: str) -> str | None:
+    """The global a weights-only load refused (``__main__.Payload``), if that is why it failed."""
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    return match.group(1) if match else None
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """``torch.load(path, weights_only=True)``: tensors and plain containers only, never arbitrary objects.
 
     Raises:
-        MedAdvInputError: the file does not exist, is not a checkpoint, or carries pickled objects.
+        MedAdvInputError: the file does not exist or is a folder; it holds pickled Python objects (a class or
+            function the weights-only loader refuses: loading it could run code of the file's choosing); it is no
+            readable PyTorch checkpoint (truncated, random bytes, another format); or the system refused to read
+            it. PyTorch's advice to load with ``weights_only=False`` is never repeated.
     """
+    name = str(path)
+    if os.path.isdir(path):
+        raise MedAdvInputError(f"checkpoint {name!r} is a folder; expected a checkpoint file (.pt)")
     if not os.path.isfile(path):
-        raise MedAdvInputError(f"checkpoint {str(path)!r} does not exist; train the model first or fix the path")
+        raise MedAdvInputError(f"checkpoint {name!r} does not exist; train the model first or fix the path")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as e:
+        if e.errno is None:  # PyTorch reports some format errors as OSError
+            raise MedAdvInputError(f"checkpoint {name!r} is not a readable PyTorch checkpoint (truncated or "
+                                   f"another format)") from e
+        raise MedAdvInputError(f"checkpoint {name!r} could not be read: {e.strerror}") from e
+    except MemoryError:
+        raise
     except pickle.UnpicklingError as e:
-        raise MedAdvInputError(
-            f"checkpoint {str(path)!r} was refused: it holds pickled Python objects, not only weights "
-            f"(loaded with weights_only=True; {str(e).splitlines()[0]})"
-        ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise MedAdvInputError(f"checkpoint {str(path)!r} is not a readable PyTorch checkpoint ({e})") from e
+        refused = _refused_global(str(e))
+        if refused is not None:
+            raise MedAdvInputError(f"checkpoint {name!r} was refused: it holds pickled Python objects ({refused}), "
+                                   f"not only weights; loading them could run code of the file's choosing") from e
+        raise MedAdvInputError(f"checkpoint {name!r} is not a readable PyTorch checkpoint (truncated or another "
+                               f"format)") from e
+    except Exception as e:  # noqa: BLE001 - random bytes end in KeyError, EOFError, RuntimeError, ValueError, ...
+        raise MedAdvInputError(f"checkpoint {name!r} is not a readable PyTorch checkpoint (truncated or another "
+                               f"format)") from e
 
 
 def load_weights(network: nn.Module, path: str | os.PathLike, key: str | None = "model",

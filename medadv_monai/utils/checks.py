@@ -61,3 +61,15 @@ def check_int(value: Any, what: str, low: int) -> int:
 def format_eps(eps: float) -> str:
     """``eps`` as a number and in units of 1/255, for messages."""
     return f"{eps:.6g} (= {eps * 255:.4g}/255)"
+
+
+def check_image_size(value: Any, what: str = "image_size", ndim: int = 2) -> list[int]:
+    """A list of ``ndim`` integers > 0 (a slice size; 0 or -1 would mean "keep the native size" to MONAI)."""
+    ok = isinstance(value, list) and len(value) == ndim and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in value)
+    if not ok:
+        raise MedAdvInputError(f"{what} must be a list of {ndim} integers > 0, e.g. {[64] * ndim}, got {value!r}")
+    return [int(v) for v in value]
+
+
+__all__ += ["check_image_size"]

@@ -19,7 +19,9 @@ from medadv_monai.attacks.registry import display_name  # noqa: E402
 from medadv_monai.utils import atomic_path  # noqa: E402
 
 __all__ = ["adversarial_grid", "save_grid", "plot_robust_accuracy", "plot_asr_by_coverage", "plot_ranking",
-           "gradcam_figure"]
+           "gradcam_figure", "gradcam_maps", "gradcam_plot"]
+
+GRADCAM_CMAP = "jet"  # blue: no attribution, red: the highest
 
 
 def adversarial_grid(x: torch.Tensor, x_adv: torch.Tensor, mask: torch.Tensor | None, n: int = 4,
@@ -102,29 +104,62 @@ def plot_ranking(names: Sequence[str], values: Sequence[float], path: str | os.P
     return _save(fig, path)
 
 
-def gradcam_figure(network: torch.nn.Module, target_layer: str, x: torch.Tensor, x_adv: torch.Tensor,
-                   path: str | os.PathLike, titles: Sequence[str] | None = None) -> Path:
-    """Grad-CAM (MONAI's ``GradCAM`` on ``target_layer``, logit 0) of clean and adversarial slices, one figure:
-    a column per slice, rows clean image, clean CAM, adversarial image, adversarial CAM."""
+def gradcam_maps(network: torch.nn.Module, target_layer: str, *inputs: torch.Tensor,
+                 class_idx: int = 0) -> list[torch.Tensor]:
+    """Grad-CAM (MONAI's ``GradCAM`` on ``target_layer``, logit ``class_idx``) of each batch in ``inputs``, scaled
+    so that high attribution is high: 1 is the highest value of that sample over all ``inputs`` (a clean slice
+    and its adversarial version share one scale), 0 is no attribution.
+
+    MONAI's default post-processing maps the maximum to 0 and the minimum to 1 (it flips magnitudes); here the
+    raw ReLU'd maps are kept and divided by their peak instead.
+
+    Returns:
+        One ``(N, 1, *spatial)`` float CPU tensor in [0, 1] per input.
+    """
     from monai.visualize import GradCAM
 
-    cam = GradCAM(nn_module=network, target_layers=target_layer)
+    cam = GradCAM(nn_module=network, target_layers=target_layer, postprocessing=lambda m: m)
     with torch.enable_grad():
         # the input carries the gradient, so a frozen network (no parameter gradients) works too
-        maps = [cam(x=v.detach().clone().requires_grad_(True), class_idx=0).detach().cpu() for v in (x, x_adv)]
+        raw = [cam(x=v.detach().clone().requires_grad_(True), class_idx=class_idx).detach().cpu().float()
+               .clamp_min(0) for v in inputs]
+    peak = torch.stack([m.flatten(1).amax(1) for m in raw]).amax(0)
+    scale = torch.where(peak > 0, peak, torch.ones_like(peak)).view(-1, *[1] * (raw[0].ndim - 1))
+    return [(m / scale).clamp(0, 1) for m in raw]
+
+
+def gradcam_plot(network: torch.nn.Module, target_layer: str, x: torch.Tensor, x_adv: torch.Tensor,
+                 titles: Sequence[str] | None = None) -> Any:
+    """The figure of :func:`gradcam_figure` (a matplotlib ``Figure``; the caller saves or closes it)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    maps = gradcam_maps(network, target_layer, x, x_adv)
     n = len(x)
-    fig, axes = plt.subplots(4, n, figsize=(1.8 * n, 7.4), squeeze=False)
-    images = [x.detach().cpu(), maps[0], x_adv.detach().cpu(), maps[1]]
+    fig, axes = plt.subplots(4, n, figsize=(1.8 * n + 0.9, 7.4), squeeze=False)
+    images = [v.detach().cpu().float().numpy() for v in (x, maps[0], x_adv, maps[1])]
     for r, (imgs, label) in enumerate(zip(images, ["clean", "Grad-CAM clean", "adversarial", "Grad-CAM adv."])):
         for c in range(n):
             ax = axes[r][c]
             ax.imshow(images[0 if r < 2 else 2][c, 0], cmap="gray", vmin=0, vmax=1)
             if r in (1, 3):
-                ax.imshow(imgs[c, 0], cmap="jet", alpha=0.45)
+                ax.imshow(imgs[c, 0], cmap=GRADCAM_CMAP, alpha=0.45, vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(label, fontsize=8)
             if r == 0 and titles:
                 ax.set_title(titles[c], fontsize=7)
-    return _save(fig, path)
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=GRADCAM_CMAP), ax=axes.ravel().tolist(), shrink=0.5,
+                       pad=0.02)
+    bar.set_label("Grad-CAM attribution (1: the slice's highest)", fontsize=7)
+    bar.ax.tick_params(labelsize=7)
+    return fig
+
+
+def gradcam_figure(network: torch.nn.Module, target_layer: str, x: torch.Tensor, x_adv: torch.Tensor,
+                   path: str | os.PathLike, titles: Sequence[str] | None = None) -> Path:
+    """Grad-CAM (:func:`gradcam_maps`: MONAI's ``GradCAM`` on ``target_layer``, logit 0, high attribution hot) of
+    clean and adversarial slices, one figure: a column per slice, rows clean image, clean CAM, adversarial image,
+    adversarial CAM, and a colour bar (0 to 1, each column on the scale of its highest value)."""
+    return _save(gradcam_plot(network, target_layer, x, x_adv, titles), path)
