@@ -82,7 +82,7 @@ def test_train_writes_generator_checkpoints_and_tensorboard(trained):
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    (events,) = list((models / "runs").glob("events.out.tfevents.*"))
+    (events,) = list((models / "runs").glob("*/events.out.tfevents.*"))
     acc = EventAccumulator(str(events))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])

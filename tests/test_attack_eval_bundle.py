@@ -120,7 +120,7 @@ def test_outputs_report_and_resume(evaluated):
     assert not (out / "figures" / "robust_accuracy.png").exists()  # one eps: no curve (the demo test has two)
     report = (out / "report.md").read_text()
     assert "| PGD | 8.000 | none |" in report and "figures/gradcam.png" in report
-    assert list((out / "runs").glob("events.out.tfevents.*"))
+    assert list((out / "runs").glob("*/events.out.tfevents.*"))
     assert "[attack grid]" in first.stdout and "[attack grid]" not in again.stdout  # the rerun resumed every cell
     with open(out / "coverage.csv") as f:
         cov = list(csv.DictReader(f))

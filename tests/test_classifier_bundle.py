@@ -37,7 +37,7 @@ def test_train_writes_checkpoints_and_tensorboard(trained):
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    (events,) = list((models / "runs").glob("events.out.tfevents.*"))
+    (events,) = list((models / "runs").glob("*/events.out.tfevents.*"))
     acc = EventAccumulator(str(events))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
@@ -134,4 +134,4 @@ def test_multi_gpu_config_runs_two_gloo_processes_on_cpu(synth_dir, tmp_path):
     run_cli(["torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m", "monai.bundle",
              "run", "--config_file", files, "--bundle_root", str(bundle), *args], cwd=tmp_path)
     assert (bundle / "models" / "model.pt").is_file()
-    assert len(list((bundle / "models" / "runs").glob("events.out.tfevents.*"))) == 1  # rank 0 only
+    assert len(list((bundle / "models" / "runs").glob("*/events.out.tfevents.*"))) == 1  # rank 0 only

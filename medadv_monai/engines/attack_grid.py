@@ -8,6 +8,12 @@ Outputs in ``output_dir``:
 - ``coverage.csv``: ASR by coverage bin for every attacked cell with a mask;
 - ``figures/``: robust accuracy against eps, ASR against coverage, image grids, Grad-CAM;
 - ``report.md`` and ``report.html``; ``cells/<cell>.json``: each finished cell, so an interrupted run resumes.
+
+A cell file is stamped (:mod:`medadv_monai.utils.fingerprint`) with what made it: the cell (attack, eps, mask,
+targeted, params; a generator by its checkpoint's digest), the classifier (the digests of its checkpoint file and
+of its weights), the slices (their count and the digest of their entries), the slice and mask transforms, the seed
+and the batch size. A rerun reuses a cell only when its stamp matches; a cell made otherwise, or a file that cannot
+be read, is recomputed (the log line says why), so one summary never mixes cells of different runs.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from medadv_monai.errors import MedAdvInputError
 from medadv_monai.handlers import AttackImageGrid, AttackSummary, PerSampleRecorder
 from medadv_monai.metrics import SUMMARY_COLUMNS, coverage_bins
 from medadv_monai.utils import save_csv, save_json, save_text
+from medadv_monai.utils.checks import check_bool
+from medadv_monai.utils.fingerprint import check_stamp, describe, file_digest, fingerprint
 from medadv_monai.visualize import (
     gradcam_figure,
     markdown_table,
@@ -46,6 +54,8 @@ from medadv_monai.visualize import (
 __all__ = ["DEFAULT_COVERAGE_EDGES", "AttackGridRunner"]
 
 DEFAULT_COVERAGE_EDGES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
+CELL_FORMAT = 1  # raise when a cell file's layout or meaning changes: older cells are then recomputed
+
 
 class AttackGridRunner:
     """Run every cell of a grid on the slices of one split and write the stage-3 outputs.
@@ -65,11 +75,18 @@ class AttackGridRunner:
             mask) or ``"all"``.
         gradcam_layer: layer of the network for the Grad-CAM figure (``None``: no figure).
         coverage_edges: bin edges of ASR by coverage.
-        resume: reuse finished cells from ``output_dir/cells``.
+        resume: reuse finished cells from ``output_dir/cells`` whose stamp matches this run (booleans, 0/1 and the
+            strings true/false/yes/no are accepted, as ``--resume false`` arrives).
         rank_masks: also rank the masks by ASR and pool ASR by coverage over all masks (the patch sweep):
             ``ranking.csv``, ``coverage_pooled.csv``, ``figures/mask_ranking.png``.
         title: the report's title.
         seed: seeds the mask transforms (random patch anchors) and the attacks' random starts.
+        classifier_ckpt: the file the classifier's weights came from; its digest goes into every cell's stamp,
+            beside the digest of the network's weights.
+        split: name of the split the slices come from, for messages.
+
+    Raises:
+        MedAdvInputError: masks the grid uses but ``masks`` lacks, no slices to attack, ``resume`` not a boolean.
     """
 
     def __init__(
@@ -90,18 +107,25 @@ class AttackGridRunner:
         rank_masks: bool = False,
         title: str = "Adversarial robustness report",
         seed: int = 0,
+        classifier_ckpt: str | os.PathLike | None = None,
+        split: str | None = None,
     ) -> None:
         unknown = sorted({c.mask for c in cells} - set(masks))
         if unknown:
             raise MedAdvInputError(f"grid cells use masks {unknown} that the config's `masks` does not define "
                              f"(defined: {sorted(masks)})")
+        if len(dataset) == 0:
+            where = f"split {split!r}" if split else "the dataset"
+            raise MedAdvInputError(f"{where} has 0 slices: there is nothing to attack; choose a split that has slices "
+                                   "(split: training, validation or test) or give the dataset more subjects")
         self.cells, self.network, self.dataset, self.masks = list(cells), network, dataset, dict(masks)
         self.device = torch.device(device)
         self.output_dir = Path(output_dir)
         self.batch_size, self.summary_writer = batch_size, summary_writer
         self.image_samples, self.grid_cells, self.gradcam_layer = image_samples, grid_cells, gradcam_layer
-        self.coverage_edges, self.resume, self.title, self.seed = tuple(coverage_edges), resume, title, seed
-        self.rank_masks = rank_masks
+        self.coverage_edges, self.title, self.seed = tuple(coverage_edges), title, seed
+        self.resume = check_bool(resume, "resume")
+        self.rank_masks, self.classifier_ckpt, self.split = rank_masks, classifier_ckpt, split
         self.figures: dict[str, list[Path]] = {"grids": []}
 
     # ------------------------------------------------------------------------------------------ running
@@ -112,8 +136,23 @@ class AttackGridRunner:
         return DataLoader(Dataset(self.dataset.data, transform), batch_size=self.batch_size, shuffle=False,
                           num_workers=0)
 
-    def run_cell(self, cell: AttackCell) -> dict[str, Any]:
-        """Run one cell; return ``{"summary", "rows"}`` and save it under ``cells/``."""
+    def descriptions(self) -> dict[str, dict[str, Any]]:
+        """Each cell's stamp description (cell label -> description), computed before any cell runs (running a
+        cell advances the mask transforms' random state)."""
+        data = list(self.dataset.data)
+        ckpt = self.classifier_ckpt  # the network may also be given as an id, without this file
+        classifier = {"checkpoint": file_digest(ckpt) if ckpt and Path(ckpt).is_file() else None,
+                      "weights": fingerprint(self.network.state_dict())[:16]}  # what was loaded, threshold included
+        common = {"format": CELL_FORMAT, "classifier": classifier, "seed": self.seed, "batch_size": self.batch_size,
+                  "slices": {"count": len(data), "digest": fingerprint(data)[:16]},
+                  "preprocessing": _settings(describe(self.dataset.transform))}
+        masks = {name: _settings(describe(self.masks[name])) for name in {c.mask for c in self.cells}}
+        return {c.label: {**common, "cell": c.description(), "mask_transform": masks[c.mask]} for c in self.cells}
+
+    def run_cell(self, cell: AttackCell, description: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Run one cell; return ``{"summary", "rows"}`` and save it under ``cells/``, stamped with ``description``
+        (default: :meth:`descriptions`)."""
+        description = self.descriptions()[cell.label] if description is None else description
         torch.manual_seed(self.seed)
         key = "targeted_success" if cell.targeted else "asr"
         recorder = PerSampleRecorder(columns=cell.row())
@@ -125,7 +164,8 @@ class AttackGridRunner:
         evaluator.run()
         summary = {**cell.row(), **evaluator.state.metrics}
         result = {"summary": summary, "rows": recorder.rows}
-        save_json(result, self._cell_file(cell))
+        desc = describe(description)
+        save_json({"fingerprint": fingerprint(desc), "description": desc, **result}, self._cell_file(cell))
         self._log(cell, summary, grid.grid)
         return result
 
@@ -143,34 +183,62 @@ class AttackGridRunner:
         top = max(c.eps for c in self.cells if c.name == cell.name and c.mask == cell.mask)
         return cell.eps == top
 
+    def _log_scalars(self, cell: AttackCell, summary: Mapping[str, Any]) -> None:
+        if self.summary_writer is None or cell.attack == CLEAN:
+            return
+        tag = f"{cell.mask}/{cell.name}" + ("_targeted" if cell.targeted else "")
+        for key in ("robust_acc", "asr", "targeted_success", "mean_ssim"):
+            if isinstance(summary.get(key), (int, float)) and not math.isnan(summary[key]):
+                self.summary_writer.add_scalar(f"{key}/{tag}", summary[key], int(round(cell.eps * 255)))
+
     def _log(self, cell: AttackCell, summary: Mapping[str, Any], grid: Any) -> None:
         if grid is None or cell.attack == CLEAN:
             return
+        self._log_scalars(cell, summary)
         if self.summary_writer is not None:
-            tag = f"{cell.mask}/{cell.name}" + ("_targeted" if cell.targeted else "")
-            for key in ("robust_acc", "asr", "targeted_success", "mean_ssim"):
-                if key in summary and not math.isnan(summary[key]):
-                    self.summary_writer.add_scalar(f"{key}/{tag}", summary[key], int(round(cell.eps * 255)))
             self.summary_writer.add_image(f"grid/{cell.label}", grid, 0, dataformats="HW")
         if self._wants_grid(cell):
             title = (f"{display_name(cell.name)}{' targeted' if cell.targeted else ''}, eps {cell.eps * 255:.4g}/255, "
                      f"mask {cell.mask}: clean | adversarial | |difference|/eps | mask")
             self.figures["grids"].append(save_grid(grid, self._grid_file(cell), title=title))
 
+    def _reuse(self, cell: AttackCell, description: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        """The finished cell if its file's stamp matches ``description``, else ``None`` and why not."""
+        path = self._cell_file(cell)
+        if not self.resume or not path.exists():
+            return None, ""
+        changed = check_stamp(path, description)
+        if changed == ["<no stamp>"]:
+            return None, f"{path.name} is unreadable or unstamped"
+        if changed:
+            return None, f"{path.name} was made with other {', '.join(changed)}"
+        try:
+            result = json.loads(path.read_text())
+            return {"summary": result["summary"], "rows": result["rows"]}, ""
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, f"{path.name} is unreadable"
+
     def run(self) -> list[dict[str, Any]]:
-        """Run (or resume) every cell, then write the tables, figures and report; return the summary rows."""
+        """Run every cell, reusing a finished one whose stamp matches, then write the tables, figures and report;
+        return the summary rows."""
         self.network.eval()
-        results = []
+        descriptions = self.descriptions()
+        results, reused = [], 0
         for i, cell in enumerate(self.cells):
-            path = self._cell_file(cell)
-            if self.resume and path.is_file():
-                results.append(json.loads(path.read_text()))
+            result, why = self._reuse(cell, descriptions[cell.label])
+            if result is not None:
+                reused += 1
+                results.append(result)
+                self._log_scalars(cell, result["summary"])  # this run's TensorBoard shows every cell
                 grid = self._grid_file(cell)
                 if self._wants_grid(cell) and grid.is_file():
                     self.figures["grids"].append(grid)
                 continue
-            print(f"[attack grid] {i + 1}/{len(self.cells)} {cell.label}", flush=True)
-            results.append(self.run_cell(cell))
+            print(f"[attack grid] {i + 1}/{len(self.cells)} {cell.label}" + (f" (recomputing: {why})" if why else ""),
+                  flush=True)
+            results.append(self.run_cell(cell, descriptions[cell.label]))
+        if reused:
+            print(f"attack grid: reused {reused} finished cells of {self.output_dir / 'cells'}", flush=True)
         summary = [r["summary"] for r in results]
         self.write(summary, [row for r in results for row in r["rows"]])
         return summary
@@ -282,6 +350,15 @@ class AttackGridRunner:
         path = save_text(text, self.output_dir / "report.md")
         write_html(text, self.output_dir / "report.html", title=self.title)
         return path
+
+
+def _settings(description: Any) -> Any:
+    """A transform's description without its private attributes (open files, drawn seeds): state, not settings."""
+    if isinstance(description, dict):
+        return {k: _settings(v) for k, v in description.items() if not k.startswith("_")}
+    if isinstance(description, list):
+        return [_settings(v) for v in description]
+    return description
 
 
 def _nan_last(v: Any) -> float:

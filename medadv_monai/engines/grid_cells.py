@@ -17,7 +17,8 @@ from medadv_monai.attacks import AdversarialInferer
 from medadv_monai.attacks.registry import attack_kwargs
 from medadv_monai.masks import AttackMaskd, PatchSpec
 from medadv_monai.networks import AdvGANSettings, freeze, load_generator_checkpoint
-from medadv_monai.utils.checks import check_eps
+from medadv_monai.utils.checks import check_bool, check_eps
+from medadv_monai.utils.fingerprint import describe, file_digest, fingerprint
 
 __all__ = ["CLEAN", "AttackCell", "advgan_cells", "expand_grid", "patch_sweep_masks"]
 
@@ -35,6 +36,8 @@ class AttackCell:
         mask: name of the mask transform (a key of the config's ``masks``).
         targeted: targeted attack towards the other class (``1 - label``).
         params: further attack keywords (``steps``, ``alpha``, ``decay``, ``generator``, ...).
+        digests: for a parameter that is an object (a generator network), the digest of what it was loaded from
+            (its checkpoint's :func:`~medadv_monai.utils.fingerprint.file_digest`), used in :meth:`description`.
     """
 
     name: str
@@ -43,6 +46,7 @@ class AttackCell:
     mask: str
     targeted: bool = False
     params: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    digests: Mapping[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -57,6 +61,20 @@ class AttackCell:
         if self.attack == CLEAN:
             return None
         return AdversarialInferer(attack=self.attack, targeted=self.targeted, eps=self.eps, **self.params)
+
+    def description(self) -> dict[str, Any]:
+        """What the cell computes, for its resume stamp: attack, eps, mask, targeted and params, a network parameter
+        by the digest of its checkpoint (``digests``) or else of its weights, never by the object."""
+        params = {}
+        for key, value in sorted(self.params.items()):
+            if key in self.digests:
+                params[key] = {"checkpoint": self.digests[key]}
+            elif isinstance(value, torch.nn.Module):
+                params[key] = {"weights": fingerprint(value.state_dict())[:16]}
+            else:
+                params[key] = describe(value)
+        return {"name": self.name, "attack": self.attack, "eps": self.eps, "mask": self.mask,
+                "targeted": self.targeted, "params": params}
 
     def row(self) -> dict[str, Any]:
         """The cell's columns in the summary and per-sample tables."""
@@ -78,19 +96,22 @@ def expand_grid(
             e.g. ``{"pgd": {"steps": 10}, "pgd40": {"attack": "pgd", "steps": 40}}``.
         eps: budgets in [0, 1].
         masks: mask names.
-        targeted: which of untargeted (False) / targeted (True) to run.
+        targeted: which of untargeted (False) / targeted (True) to run (a single value, or booleans written as
+            true/false/yes/no/1/0, as ``--targeted false`` arrives, are accepted).
 
     Raises:
         MedAdvInputError: an unknown attack, a keyword it does not take, or eps outside [0, 1].
     """
     for e in eps:
         check_eps(e, "eps in the grid")
+    targeted = [targeted] if isinstance(targeted, (str, bool, int)) else targeted
+    targeted = list(dict.fromkeys(check_bool(t, "targeted") for t in targeted))
     cells = [AttackCell(CLEAN, CLEAN, 0.0, m) for m in masks] if clean else []
     for (name, spec), e, m, t in itertools.product(attacks.items(), eps, masks, targeted):
         params = dict(spec)
         attack = params.pop("attack", name)
         attack_kwargs(attack, eps=float(e), **params)  # validate names and keywords now, not mid-grid
-        cells.append(AttackCell(name, attack, float(e), m, bool(t), params))
+        cells.append(AttackCell(name, attack, float(e), m, t, params))
     return cells
 
 
@@ -121,8 +142,9 @@ def advgan_cells(
                    targeted=bool(config.get("targeted", False)), modalities=modalities).check(
         config, source=f"generator checkpoint {str(checkpoint)!r}")  # the classifier's modalities must match
     net = freeze(generator.to(device))
+    digest = file_digest(checkpoint)
     return [AttackCell("advgan", "advgan", float(config["eps"]), m, bool(config.get("targeted", False)),
-                       {"generator": net}) for m in masks]
+                       {"generator": net}, {"generator": digest}) for m in masks]
 
 
 def patch_sweep_masks(

@@ -4,10 +4,17 @@ JSON, atomic checkpoints and resume from the newest one, epoch-level seeding."""
 from __future__ import annotations
 
 from medadv_monai.handlers.attack_summary import AttackSummary
-from medadv_monai.handlers.checkpoint import AtomicCheckpointSaver, ResumeFromLatest, latest_checkpoint
+from medadv_monai.handlers.checkpoint import (
+    AtomicCheckpointSaver,
+    ResumeFromLatest,
+    RunLock,
+    latest_checkpoint,
+    network_description,
+)
 from medadv_monai.handlers.determinism import SeedEpochs
 from medadv_monai.handlers.image_grid import AttackImageGrid
 from medadv_monai.handlers.sample_recorder import PerSampleRecorder
+from medadv_monai.handlers.slice_images import TumourSliceImages
 from medadv_monai.handlers.threshold import CalibrateThreshold
 from medadv_monai.handlers.writers import MetricsJSONWriter, NullSummaryWriter, SlicePredictionWriter, prediction_rows
 
@@ -20,8 +27,11 @@ __all__ = [
     "NullSummaryWriter",
     "PerSampleRecorder",
     "ResumeFromLatest",
+    "RunLock",
     "SeedEpochs",
     "SlicePredictionWriter",
+    "TumourSliceImages",
     "latest_checkpoint",
+    "network_description",
     "prediction_rows",
 ]

@@ -18,7 +18,7 @@ import torch
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.masks import MASK_KINDS
 from medadv_monai.networks.io import load_checkpoint, load_weights
-from medadv_monai.utils.checks import check_choice, check_eps, check_int, format_eps
+from medadv_monai.utils.checks import check_bool, check_choice, check_eps, check_int, format_eps
 
 __all__ = ["AdvGANSettings", "load_generator_checkpoint"]
 
@@ -57,7 +57,7 @@ class AdvGANSettings:
         self.eps = check_eps(eps)
         self.mask_kind = check_choice(mask_kind, MASK_KINDS, "AdvGAN mask_kind")
         self.ring_width = check_int(ring_width, "ring_width", 1)
-        self.targeted = bool(targeted)
+        self.targeted = check_bool(targeted, "targeted")
         self.modalities = None if modalities is None else [str(m) for m in (
             [modalities] if isinstance(modalities, str) else modalities)]
 
