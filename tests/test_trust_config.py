@@ -22,38 +22,6 @@ from tests.helpers import ATTACK_EVAL_BUNDLE, CLASSIFIER_BUNDLE, CLASSIFIER_TRAI
 
 MONAI_MAIN = str(Path("/venv/lib/python3.11/site-packages/monai/bundle/__main__.py"))
 
-# the lines each bundle config gets in `initialize`, right after install_excepthook (see the configs' owner)
-CHECKS = {
-    ("brats_slice_classifier", "train.yaml"): "{'image_size': @image_size, 'batch_size': @batch_size, "
-    "'modalities': @modalities, 'all_modalities': @all_modalities, 'train#trainer#max_epochs': "
-    "@train#trainer#max_epochs}",
-    ("brats_attack_eval", "evaluate.yaml"): "{'eps': @eps, 'split': @split, 'modalities': @modalities, "
-    "'all_modalities': @all_modalities}",
-}
-
-
-def checked_copy(src: Path, dst: Path) -> Path:
-    """A copy of a bundle whose config calls check_run and check_settings first in `initialize` (added here
-    unless the config already does)."""
-    bundle_copy(src, dst)
-    for (name, config), settings in CHECKS.items():
-        path = dst / "configs" / config
-        if name != src.name or not path.is_file():
-            continue
-        text = path.read_text()
-        hook = "  - $medadv_monai.errors.install_excepthook()\n"
-        lines = []
-        if "medadv_monai.bundle.check_run(" not in text:
-            lines.append("  - $medadv_monai.bundle.check_run()\n")
-        if "medadv_monai.settings.check_settings(" not in text:
-            lines.append(f'  - "$medadv_monai.settings.check_settings({settings})"\n')
-        text = text.replace(hook, hook + "".join(lines), 1)
-        text = text.replace("imports:\n", "imports:\n  - $import medadv_monai.bundle\n"
-                                          "  - $import medadv_monai.settings\n", 1)
-        path.write_text(text)
-    return dst
-
-
 def one_error_line(stderr: str, prefix: str) -> str:
     """The only line of ``stderr`` that starts with ``prefix``, with no traceback anywhere."""
     assert "Traceback" not in stderr, stderr[-2000:]
@@ -104,7 +72,7 @@ def test_check_run_reads_the_monai_command_line(tmp_path):
 
 
 def test_bundle_run_refuses_an_unknown_id_in_one_line(synth_dir, tmp_path):
-    b = checked_copy(CLASSIFIER_BUNDLE, tmp_path / "b")
+    b = bundle_copy(CLASSIFIER_BUNDLE, tmp_path / "b")
     proc = run(bundle_cmd(b, ["train.yaml"], dataset_dir=str(synth_dir), work_dir=str(tmp_path / "work"),
                           output_dir=str(tmp_path / "out"), imagesize="[32,32]"), tmp_path)
     assert proc.returncode != 0
@@ -164,8 +132,8 @@ def test_settings_rules():
 
 
 def test_bundle_run_checks_settings_before_anything_runs(tmp_path):
-    b = checked_copy(ATTACK_EVAL_BUNDLE, tmp_path / "e")
-    c = checked_copy(CLASSIFIER_BUNDLE, tmp_path / "c")
+    b = bundle_copy(ATTACK_EVAL_BUNDLE, tmp_path / "e")
+    c = bundle_copy(CLASSIFIER_BUNDLE, tmp_path / "c")
     cases = [
         ({"split": "train"}, "error: split must be one of ['training', 'validation', 'test'], got 'train'; did "
                              "you mean 'training'?"),
@@ -185,7 +153,7 @@ def test_bundle_run_checks_settings_before_anything_runs(tmp_path):
 def test_workflow_checks_settings_but_not_the_command_line(tmp_path):
     from tests.helpers import workflow
 
-    b = checked_copy(CLASSIFIER_BUNDLE, tmp_path / "b")
+    b = bundle_copy(CLASSIFIER_BUNDLE, tmp_path / "b")
     wf = workflow(b, ["train.yaml"], "train", image_size=[0, 0], output_dir=str(tmp_path / "out"))
     with pytest.raises(Exception) as info:
         wf.initialize()
@@ -214,7 +182,7 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path, capsys, monkeypatch):
 
 
 def test_bundle_run_yaml_error_in_a_loaded_config_is_one_line(tmp_path):
-    b = checked_copy(ATTACK_EVAL_BUNDLE, tmp_path / "e")
+    b = bundle_copy(ATTACK_EVAL_BUNDLE, tmp_path / "e")
     broken = tmp_path / "broken.yaml"
     broken.write_text("modalities: [t2\n")
     proc = run(bundle_cmd(b, ["evaluate.yaml"], classifier_config=str(broken), dataset_dir=str(tmp_path / "d"),
@@ -397,3 +365,14 @@ def test_error_line_is_not_printed_on_a_progress_bar(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert bar.disable  # closed before the error line
     assert "\nmedadv: error: unknown id 'imagesize'" in err, repr(err)
+
+
+def test_inference_with_a_checkpoint_of_another_channel_count_is_one_line(trained_classifier, synth_dir, tmp_path):
+    """Stage-1 evaluation and inference load the model through load_weights: a mismatch names the checkpoint."""
+    b = bundle_copy(CLASSIFIER_BUNDLE, tmp_path / "b")
+    proc = run(bundle_cmd(b, ["inference.yaml"], dataset_dir=str(synth_dir), work_dir=str(tmp_path / "work"),
+                          output_dir=str(trained_classifier / "models"),
+                          train_overrides={"image_size": [32, 32], "modalities": ["t1ce", "flair"]}), tmp_path)
+    assert proc.returncode != 0
+    line = one_error_line(proc.stderr, "error: ")
+    assert "model.pt" in line and "does not fit SliceClassifier" in line, line
