@@ -48,9 +48,10 @@ def test_every_config_declares_the_workflow_properties(trained_classifier, synth
     data = {"dataset_dir": str(synth_dir)}
     shaping = {"image_size": [32, 32]}
     cls = bundle_copy(CLASSIFIER_BUNDLE, tmp_path / "brats_slice_classifier")
-    # a fresh output_dir: initializing train.yaml opens a TensorBoard writer there (the shared fixture stays as is)
-    own = {**data, "work_dir": str(trained_classifier / "work"), "output_dir": str(tmp_path / "models")}
-    _check(cls, ["train.yaml"], "train", **own, **shaping)
+    # training gets a fresh output_dir (initializing it opens a TensorBoard writer there; the shared fixture stays as
+    # it is); evaluation and inference load the trained model in `initialize`
+    own = {**data, "work_dir": str(trained_classifier / "work"), "output_dir": str(trained_classifier / "models")}
+    _check(cls, ["train.yaml"], "train", **{**own, "output_dir": str(tmp_path / "models")}, **shaping)
     _check(cls, ["train.yaml", "evaluate.yaml"], "infer", **own, **shaping)
     _check(cls, ["inference.yaml"], "infer", **own, train_overrides=shaping)
     classifier = {"classifier_bundle": str(trained_classifier), "classifier_overrides": shaping}
