@@ -61,7 +61,7 @@ class AttackGridRunner:
     """Run every cell of a grid on the slices of one split and write the stage-3 outputs.
 
     Args:
-        cells: the grid (:func:`~medadv_monai.engines.attack_eval.expand_grid`).
+        cells: the grid (:func:`~medadv_monai.engines.expand_grid`).
         network: the classifier under attack (used in eval mode, never trained).
         dataset: the slices to attack: a MONAI ``Dataset`` whose ``data`` are cached-slice entries
             (``SliceCache.slices``) and whose ``transform`` loads them (``LoadCachedSliced``).
