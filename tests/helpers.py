@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,36 @@ def classifier_config(dataset_dir: Path, work_dir: Path, **overrides: Any):
     settings = {"dataset_dir": str(dataset_dir), "work_dir": str(work_dir), "image_size": [32, 32]}
     settings.update(overrides)
     return load_bundle_config(CLASSIFIER_TRAIN, **settings)
+
+
+def copy_subjects(src: Path, dst: Path, n: int | None = None) -> Path:
+    """Copy the first ``n`` subject folders of a dataset (all without ``n``), to damage or extend them."""
+    dst.mkdir(parents=True)
+    for d in sorted(src.iterdir())[:n]:
+        shutil.copytree(d, dst / d.name)
+    return dst
+
+
+def build_cache(parser: Any):
+    """Build the slice cache of a config; an input error is re-raised as itself (MONAI's config wraps it)."""
+    from medadv_monai.errors import find_input_error
+
+    try:
+        cache, datalist = parser.get_parsed_content("slice_cache"), parser.get_parsed_content("datalist")
+        cache.build([i for items in datalist.values() for i in items])
+    except RuntimeError as e:
+        raise find_input_error(e) or e
+    return cache, datalist
+
+
+def start_until(args: list[str], cwd: Path, marker: Path, timeout: float = 240) -> subprocess.Popen:
+    """Start a command (this checkout on ``PYTHONPATH``) and wait until it creates ``marker`` (it pauses there)."""
+    proc = subprocess.Popen(args, cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not marker.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f"{args[:6]} ended or timed out before creating {marker}")
+        time.sleep(0.2)
+    return proc

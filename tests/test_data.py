@@ -22,27 +22,10 @@ from medadv_monai.data import (
     split_statistics,
     split_subjects,
 )
-from medadv_monai.errors import MedAdvInputError, find_input_error
-from tests.helpers import REAL_SAMPLE, classifier_config
+from medadv_monai.errors import MedAdvInputError
+from tests.helpers import REAL_SAMPLE, build_cache, classifier_config, copy_subjects
 
 MODS = ("t1", "t1ce", "t2", "flair")
-
-
-def _copy(src: Path, dst: Path, n: int | None = None) -> Path:
-    dst.mkdir(parents=True)
-    for d in sorted(src.iterdir())[:n]:
-        shutil.copytree(d, dst / d.name)
-    return dst
-
-
-def _build(parser):
-    """Build the cache of a config; an input error is re-raised as itself (MONAI's config wraps it)."""
-    try:
-        cache, datalist = parser.get_parsed_content("slice_cache"), parser.get_parsed_content("datalist")
-        cache.build([i for items in datalist.values() for i in items])
-    except RuntimeError as e:
-        raise find_input_error(e) or e
-    return cache, datalist
 
 
 def _leftovers(root: Path) -> list[Path]:
@@ -207,7 +190,7 @@ def test_cache_rebuilds_when_a_shaping_setting_changes(synth_dir, synth_config, 
 
 
 def test_cache_reuses_and_rebuilds_changed_subject(synth_dir, tmp_path):
-    data = _copy(synth_dir, tmp_path / "data", n=4)
+    data = copy_subjects(synth_dir, tmp_path / "data", n=4)
     parser = classifier_config(data, tmp_path / "work", split_fractions=[1.0, 0.0, 0.0])
     cache, datalist = parser.get_parsed_content("slice_cache"), parser.get_parsed_content("datalist")
     items = datalist["training"]
@@ -293,13 +276,13 @@ BAD_INPUT = {
 
 @pytest.mark.parametrize("kind", list(BAD_INPUT))
 def test_bad_input_names_the_file_and_writes_nothing(kind, synth_dir, tmp_path):
-    data = _copy(synth_dir, tmp_path / "data", n=3)
+    data = copy_subjects(synth_dir, tmp_path / "data", n=3)
     bad_subject = sorted(data.iterdir())[1]
     victim = _damage(kind, bad_subject)
     work = tmp_path / "work"
     parser = classifier_config(data, work, split_fractions=[1.0, 0.0, 0.0])
     with pytest.raises(MedAdvInputError, match=BAD_INPUT[kind]) as err:
-        _build(parser)
+        build_cache(parser)
     message = str(err.value)
     assert str(victim) in message or bad_subject.name in message
     shards = [p for p in (work / "slice_cache").glob("*/*") if p.is_dir()]
@@ -332,7 +315,7 @@ def test_alias_errors(synth_dir, tmp_path):
 
 
 def test_ambiguous_alias_is_an_error(synth_dir, tmp_path):
-    data = _copy(synth_dir, tmp_path / "data", n=1)
+    data = copy_subjects(synth_dir, tmp_path / "data", n=1)
     with pytest.raises(MedAdvInputError, match="files match 't1'"):
         find_subjects(data, aliases={**{k: [f"*_{k}.nii.gz"] for k in (*MODS, "seg")}, "t1": ["*_t1*.nii.gz"]})
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from medadv_monai.errors import MedAdvInputError
 from medadv_monai.networks import SliceClassifier, load_weights
 from tests.helpers import ATTACK_EVAL_BUNDLE as ATTACK_EVAL
 from tests.helpers import CLASSIFIER_BUNDLE as CLASSIFIER
-from tests.helpers import REPO, bundle_cmd, run, workflow
+from tests.helpers import bundle_cmd, run, start_until, workflow
 from tests.helpers import bundle_copy as copy_bundle
 
 pytestmark = pytest.mark.slow
@@ -55,13 +54,8 @@ def test_killed_training_resumes_to_the_same_final_metrics(synth_dir, tmp_path):
     (bundle / "configs" / "kill.yaml").write_text(KILL_CONFIG.format(at=epoch_length + 2, marker=marker))
     out = tmp_path / "interrupted"
     args = bundle_cmd(bundle, ["train.yaml", "kill.yaml"], **train_overrides(synth_dir, work, out))
-    proc = subprocess.Popen(args, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_until(args, tmp_path, marker)
     try:
-        deadline = time.time() + 240
-        while not marker.exists():
-            assert proc.poll() is None and time.time() < deadline, "training ended before the pause point"
-            time.sleep(0.2)
         os.kill(proc.pid, signal.SIGKILL)  # mid-epoch 2: epoch 1 is checkpointed, epoch 2 is half done
     finally:
         proc.wait(timeout=60)

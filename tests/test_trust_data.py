@@ -26,28 +26,11 @@ import pytest
 
 from medadv_monai.cli import main
 from medadv_monai.data import build_datalist, ensure_datalist, find_subjects, make_synthetic_brats
-from medadv_monai.errors import MedAdvInputError, find_input_error
-from tests.helpers import CLASSIFIER_TRAIN, REPO, classifier_config
+from medadv_monai.errors import MedAdvInputError
+from tests.helpers import CLASSIFIER_TRAIN, REPO, build_cache, classifier_config, copy_subjects
 
 MODS = ("t1", "t1ce", "t2", "flair")
 KEYS = (*MODS, "seg")
-
-
-def _copy(src: Path, dst: Path, n: int | None = None) -> Path:
-    dst.mkdir(parents=True)
-    for d in sorted(src.iterdir())[:n]:
-        shutil.copytree(d, dst / d.name)
-    return dst
-
-
-def _build(parser):
-    """Build the cache of a config; an input error is re-raised as itself (MONAI's config wraps it)."""
-    try:
-        cache, datalist = parser.get_parsed_content("slice_cache"), parser.get_parsed_content("datalist")
-        cache.build([i for items in datalist.values() for i in items])
-    except RuntimeError as e:
-        raise find_input_error(e) or e
-    return cache, datalist
 
 
 def _nothing_half_written(work: Path, subject: str | None = None) -> None:
@@ -84,7 +67,7 @@ def _volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------------------------------ 1: stale datalists
 def test_datalist_is_rebuilt_when_what_made_it_changes(synth_dir, tmp_path):
-    data = _copy(synth_dir, tmp_path / "data", n=4)
+    data = copy_subjects(synth_dir, tmp_path / "data", n=4)
     path = tmp_path / "work" / "datalist.json"
     first = ensure_datalist(data, path)
     stamp_time = path.stat().st_mtime_ns
@@ -96,7 +79,7 @@ def test_datalist_is_rebuilt_when_what_made_it_changes(synth_dir, tmp_path):
         assert rebuilt == build_datalist(data, **settings) != first, settings
     with pytest.raises(MedAdvInputError, match="no file for 't1'"):  # other aliases: matched again
         ensure_datalist(data, path, aliases="brats2023")
-    other = _copy(data, tmp_path / "other")  # the same subjects in another folder
+    other = copy_subjects(data, tmp_path / "other")  # the same subjects in another folder
     assert all(e["t1"].startswith(str(other.resolve())) for e in ensure_datalist(other, path)["training"])
     extra = sorted(synth_dir.iterdir())[5]
     shutil.copytree(extra, data / extra.name)  # a subject added
@@ -106,7 +89,7 @@ def test_datalist_is_rebuilt_when_what_made_it_changes(synth_dir, tmp_path):
 
 
 def test_stats_with_a_missing_dataset_dir_is_an_error_not_the_old_table(synth_dir, tmp_path, capsys):
-    data = _copy(synth_dir, tmp_path / "data", n=3)
+    data = copy_subjects(synth_dir, tmp_path / "data", n=3)
     common = ["--work_dir", str(tmp_path / "work"), "--image_size", "[32,32]"]
     assert main(["stats", "--dataset_dir", str(data), *common]) == 0
     capsys.readouterr()
@@ -116,7 +99,7 @@ def test_stats_with_a_missing_dataset_dir_is_an_error_not_the_old_table(synth_di
 
 # ------------------------------------------------------------------------------------------ 10: empty splits
 def test_empty_split_is_refused_unless_its_fraction_is_zero(synth_dir, tmp_path, capsys):
-    data = _copy(synth_dir, tmp_path / "data", n=2)
+    data = copy_subjects(synth_dir, tmp_path / "data", n=2)
     with pytest.raises(MedAdvInputError, match=r"2 subject\(s\) split by split_fractions \[0.7, 0.15, 0.15\] give "
                                                r"training 2, validation 0, test 0 subject\(s\)"):
         ensure_datalist(data, tmp_path / "work" / "datalist.json")
@@ -130,7 +113,7 @@ def test_empty_split_is_refused_unless_its_fraction_is_zero(synth_dir, tmp_path,
 
 # ------------------------------------------------------------------------------------------ 2, 3: volumes
 def test_4d_modality_is_refused_naming_the_file_and_its_shape(synth_dir, tmp_path):
-    data = _copy(synth_dir, tmp_path / "data", n=3)
+    data = copy_subjects(synth_dir, tmp_path / "data", n=3)
     subject = sorted(data.iterdir())[1]
     victim = subject / f"{subject.name}_t2.nii.gz"
     arr, affine = _volume(victim)
@@ -138,7 +121,7 @@ def test_4d_modality_is_refused_naming_the_file_and_its_shape(synth_dir, tmp_pat
     work = tmp_path / "work"
     with pytest.raises(MedAdvInputError, match=r"'t2' has shape \(40, 40, 20, 2\) \(4D\); expected one 3D volume"
                        ) as err:
-        _build(classifier_config(data, work, split_fractions=[1.0, 0.0, 0.0]))
+        build_cache(classifier_config(data, work, split_fractions=[1.0, 0.0, 0.0]))
     assert str(victim) in str(err.value) and "\n" not in str(err.value)
     _nothing_half_written(work, subject.name)
 
@@ -156,7 +139,7 @@ def test_4d_file_with_a_singleton_4th_dim_reads_as_its_3d_volume(synth_config, t
 
 @pytest.mark.parametrize("what,change", [("origin", (0, 3, 2.0)), ("voxel spacing", (2, 2, 1.5))])
 def test_modalities_on_another_grid_are_refused_naming_both_files(what, change, synth_dir, tmp_path):
-    data = _copy(synth_dir, tmp_path / "data", n=3)
+    data = copy_subjects(synth_dir, tmp_path / "data", n=3)
     subject = sorted(data.iterdir())[0]
     victim, ref = (subject / f"{subject.name}_{k}.nii.gz" for k in ("t1ce", "t1"))
     arr, affine = _volume(victim)
@@ -165,13 +148,13 @@ def test_modalities_on_another_grid_are_refused_naming_both_files(what, change, 
     _resave(victim, arr, affine)
     work = tmp_path / "work"
     with pytest.raises(MedAdvInputError, match=f"'t1ce' and 't1' .* differ in {what}") as err:
-        _build(classifier_config(data, work, split_fractions=[1.0, 0.0, 0.0]))
+        build_cache(classifier_config(data, work, split_fractions=[1.0, 0.0, 0.0]))
     assert str(victim) in str(err.value) and str(ref) in str(err.value)
     _nothing_half_written(work, subject.name)
 
 
 def test_flipped_modality_is_refused_or_reoriented_with_the_option(synth_dir, synth_config, tmp_path):
-    data = _copy(synth_dir, tmp_path / "data", n=3)
+    data = copy_subjects(synth_dir, tmp_path / "data", n=3)
     subject = sorted(data.iterdir())[0]
     victim = subject / f"{subject.name}_t2.nii.gz"
     arr, affine = _volume(victim)
@@ -181,7 +164,7 @@ def test_flipped_modality_is_refused_or_reoriented_with_the_option(synth_dir, sy
     work = tmp_path / "work"
     with pytest.raises(MedAdvInputError, match=r"'t2' and 't1' .* differ in orientation: LAS vs RAS; .*"
                                                r"--orientation RAS") as err:
-        _build(classifier_config(data, work, split_fractions=[1.0, 0.0, 0.0]))
+        build_cache(classifier_config(data, work, split_fractions=[1.0, 0.0, 0.0]))
     assert str(victim) in str(err.value)
     _nothing_half_written(work, subject.name)
     # with the option every volume is reoriented on load: exactly the slices of the file as it was
@@ -245,7 +228,7 @@ def test_each_file_is_digested_once_per_call(synth_config, monkeypatch):
 
 
 def test_damaged_shard_is_rebuilt_by_stats_or_named_where_building_is_off(synth_dir, tmp_path, capsys):
-    data = _copy(synth_dir, tmp_path / "data", n=3)
+    data = copy_subjects(synth_dir, tmp_path / "data", n=3)
     work = tmp_path / "work"
     common = ["--dataset_dir", str(data), "--work_dir", str(work), "--image_size", "[32,32]"]
     assert main(["cache", *common]) == 0
@@ -274,7 +257,7 @@ def test_damaged_shard_is_rebuilt_by_stats_or_named_where_building_is_off(synth_
 
 # ------------------------------------------------------------------------------------------ 6, 7: medadv cache
 def test_cache_error_line_is_not_drawn_over_by_the_progress_bar(synth_dir, tmp_path, capsys):
-    data = _copy(synth_dir, tmp_path / "data", n=3)
+    data = copy_subjects(synth_dir, tmp_path / "data", n=3)
     subject = sorted(data.iterdir())[1]
     victim = subject / f"{subject.name}_flair.nii.gz"
     arr, affine = _volume(victim)
@@ -369,7 +352,7 @@ def test_bad_alias_pattern_is_one_line(pattern, message, synth_dir, tmp_path, ca
 
 # ------------------------------------------------------------------------------------------ 11: write failures
 def test_disk_full_or_denied_while_writing_is_one_line_naming_the_path(synth_dir, tmp_path, capsys, monkeypatch):
-    data = _copy(synth_dir, tmp_path / "data", n=3)
+    data = copy_subjects(synth_dir, tmp_path / "data", n=3)
     work = tmp_path / "work"
     args = ["cache", "--dataset_dir", str(data), "--work_dir", str(work), "--image_size", "[32,32]",
             "--split_fractions", "[1.0,0.0,0.0]"]
@@ -400,7 +383,7 @@ def test_disk_full_or_denied_while_writing_is_one_line_naming_the_path(synth_dir
         m.setattr(np, "save", full_shard)  # forked build workers inherit it
         parser = classifier_config(data, work, split_fractions=[1.0, 0.0, 0.0])
         with pytest.raises(MedAdvInputError, match="cannot write it"):
-            _build(parser)
+            build_cache(parser)
         assert main(args) == 2
     _last_line(capsys, "cannot write it (No space left on device)", str(work / "slice_cache"))
     assert not [p for p in work.glob("slice_cache/*/*") if p.is_dir()]

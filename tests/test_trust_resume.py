@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,15 @@ import torch
 
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.networks import SliceClassifier
-from tests.helpers import ADVGAN_BUNDLE, ATTACK_EVAL_BUNDLE, CLASSIFIER_BUNDLE, REPO, bundle_cmd, bundle_copy, run
+from tests.helpers import (
+    ADVGAN_BUNDLE,
+    ATTACK_EVAL_BUNDLE,
+    CLASSIFIER_BUNDLE,
+    bundle_cmd,
+    bundle_copy,
+    run,
+    start_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -171,13 +178,8 @@ def test_second_training_into_one_folder_is_refused_and_a_stale_lock_taken_over(
     (bundle / "configs" / "pause.yaml").write_text(PAUSE_CONFIG.format(marker=marker))
     args = _stage1(bundle, synth_dir, work, out)
     paused = bundle_cmd(bundle, ["train.yaml", "pause.yaml"], **_stage1_settings(synth_dir, work, out))
-    first = subprocess.Popen(paused, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = start_until(paused, tmp_path, marker)
     try:
-        deadline = time.time() + 240
-        while not marker.exists():
-            assert first.poll() is None and time.time() < deadline, "the first training ended before its pause"
-            time.sleep(0.2)
         second = run(args, tmp_path)
         _refused(second, f"{out / 'checkpoints'} is in use by another training (pid {first.pid}",
                  str(out / "checkpoints" / "train.lock"))

@@ -19,7 +19,6 @@ be read, is recomputed (the log line says why), so one summary never mixes cells
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import zlib
@@ -40,7 +39,7 @@ from medadv_monai.handlers import AttackImageGrid, AttackSummary, PerSampleRecor
 from medadv_monai.metrics import SUMMARY_COLUMNS, coverage_bins
 from medadv_monai.utils import save_csv, save_json, save_text
 from medadv_monai.utils.checks import check_bool
-from medadv_monai.utils.fingerprint import check_stamp, describe, file_digest, fingerprint
+from medadv_monai.utils.fingerprint import describe, file_digest, fingerprint, read_stamp, stamp_changes, write_stamp
 from medadv_monai.visualize import (
     gradcam_figure,
     markdown_table,
@@ -164,8 +163,7 @@ class AttackGridRunner:
         evaluator.run()
         summary = {**cell.row(), **evaluator.state.metrics}
         result = {"summary": summary, "rows": recorder.rows}
-        desc = describe(description)
-        save_json({"fingerprint": fingerprint(desc), "description": desc, **result}, self._cell_file(cell))
+        write_stamp(self._cell_file(cell), description, **result)
         self._log(cell, summary, grid.grid)
         return result
 
@@ -207,16 +205,15 @@ class AttackGridRunner:
         path = self._cell_file(cell)
         if not self.resume or not path.exists():
             return None, ""
-        changed = check_stamp(path, description)
+        stamp = read_stamp(path)  # the cell file is its own stamp: read once
+        changed = stamp_changes(stamp, description)
         if changed == ["<no stamp>"]:
             return None, f"{path.name} is unreadable or unstamped"
         if changed:
             return None, f"{path.name} was made with other {', '.join(changed)}"
-        try:
-            result = json.loads(path.read_text())
-            return {"summary": result["summary"], "rows": result["rows"]}, ""
-        except (OSError, ValueError, KeyError, TypeError):
+        if not isinstance(stamp.get("summary"), dict) or not isinstance(stamp.get("rows"), list):
             return None, f"{path.name} is unreadable"
+        return {"summary": stamp["summary"], "rows": stamp["rows"]}, ""
 
     def run(self) -> list[dict[str, Any]]:
         """Run every cell, reusing a finished one whose stamp matches, then write the tables, figures and report;

@@ -33,7 +33,7 @@ from medadv_monai.errors import MedAdvInputError
 from medadv_monai.networks.io import load_checkpoint
 from medadv_monai.utils import torch_save
 from medadv_monai.utils.checks import check_bool
-from medadv_monai.utils.fingerprint import check_stamp, describe, fingerprint, read_stamp, write_stamp
+from medadv_monai.utils.fingerprint import describe, fingerprint, read_stamp, stamp_changes, write_stamp
 
 __all__ = ["AtomicCheckpointSaver", "ResumeFromLatest", "RunLock", "latest_checkpoint", "network_description"]
 
@@ -238,13 +238,14 @@ class ResumeFromLatest:
         return path if self.enabled else None
 
     def _check_settings(self, path: Path) -> None:
-        changed = check_stamp(self.stamp_file, self.settings)
+        stamp = read_stamp(self.stamp_file)
+        changed = stamp_changes(stamp, self.settings)
         if changed == ["<no stamp>"]:
             raise MedAdvInputError(
                 f"{self.directory} holds {path.name} but no readable record of the settings that made it "
                 f"({self.stamp_file.name}); {_AFRESH}")
         if changed:
-            old = (read_stamp(self.stamp_file) or {}).get("description", {})
+            old = stamp.get("description", {})
             new = describe(self.settings)
             then = ", ".join(f"{k}={_show(_lookup(old, k))}" for k in changed)
             now = (_show(_lookup(new, changed[0])) if len(changed) == 1

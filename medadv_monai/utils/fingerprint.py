@@ -23,7 +23,8 @@ import torch
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.utils.io import save_json
 
-__all__ = ["changed_keys", "check_stamp", "describe", "file_digest", "fingerprint", "read_stamp", "write_stamp"]
+__all__ = ["changed_keys", "check_stamp", "describe", "file_digest", "fingerprint", "read_stamp", "stamp_changes",
+           "write_stamp"]
 
 _SKIP_ATTRS = {"R"}  # a transform's random state: not a setting
 #: files up to this size are hashed whole; larger ones by size and their first and last chunk
@@ -109,10 +110,11 @@ def changed_keys(old: Any, new: Any) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k, ...) != b.get(k, ...))
 
 
-def write_stamp(path: str | os.PathLike, description: Any) -> Path:
-    """Write ``{"fingerprint", "description"}`` to the JSON file ``path`` (atomically)."""
+def write_stamp(path: str | os.PathLike, description: Any, **content: Any) -> Path:
+    """Write ``{"fingerprint", "description", **content}`` to the JSON file ``path`` (atomically); ``content`` is
+    what the stamp vouches for when the artefact lives in the same file (e.g. a finished grid cell)."""
     desc = describe(description)
-    return save_json({"fingerprint": fingerprint(desc), "description": desc}, path)
+    return save_json({"fingerprint": fingerprint(desc), "description": desc, **content}, path)
 
 
 def read_stamp(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -125,12 +127,16 @@ def read_stamp(path: str | os.PathLike) -> dict[str, Any] | None:
     return stamp if isinstance(stamp, dict) and "fingerprint" in stamp else None
 
 
-def check_stamp(path: str | os.PathLike, description: Any) -> list[str]:
-    """Compare the stamp at ``path`` with ``description``: ``[]`` when they match, else the changed keys
-    (``["<no stamp>"]`` when there is no readable stamp)."""
-    stamp = read_stamp(path)
+def stamp_changes(stamp: Mapping[str, Any] | None, description: Any) -> list[str]:
+    """Compare a stamp already read (:func:`read_stamp`) with ``description``: ``[]`` when they match, else the
+    changed keys (``["<no stamp>"]`` when there is none)."""
     if stamp is None:
         return ["<no stamp>"]
     if stamp["fingerprint"] == fingerprint(description):
         return []
     return changed_keys(stamp.get("description", {}), description) or ["<fingerprint>"]
+
+
+def check_stamp(path: str | os.PathLike, description: Any) -> list[str]:
+    """:func:`stamp_changes` of the stamp at ``path``."""
+    return stamp_changes(read_stamp(path), description)
