@@ -6,7 +6,7 @@
     medadv datalist --dataset_dir DIR --out FILE [--aliases auto --seed 0]    subject-level split, MONAI datalist
     medadv cache    [--config FILE] [--dataset_dir DIR ...]                   build the slice cache of a bundle config
     medadv stats    [--config FILE] [--out FILE] [--dataset_dir DIR ...]      subjects / slices / positives per split
-    medadv bench    --out FILE                                               benchmarks, as JSON and a table
+    medadv bench    --out FILE [--only realsize --data_dir DIR]              benchmarks, as JSON and a table
     medadv demo     --out DIR                                                the whole pipeline on synthetic data
 
 ``cache`` and ``stats`` read a bundle config (default: the slice classifier's ``configs/train.yaml``); any other
@@ -108,13 +108,15 @@ class Commands:
             save_json(rows, out)
         return format_statistics(rows)
 
-    def bench(self, out: str = "bench_out/bench.json", quick: bool = False) -> str:
-        """Run the project's benchmarks, write them to OUT as JSON and print a table."""
+    def bench(self, out: str = "bench_out/bench.json", quick: bool = False, only: Sequence[str] | None = None,
+              data_dir: str | None = None) -> str:
+        """Run the project's benchmarks, write them to OUT as JSON and print a table. ONLY: section names (e.g.
+        realsize); DATA_DIR: a real dataset folder for the realsize section (default: synthetic subjects)."""
         from medadv_monai.bench import format_bench, run_benchmarks
 
         _file_out(out, "bench.json")
         trust_note([bundles_dir()])
-        return format_bench(run_benchmarks(out, quick=quick))
+        return format_bench(run_benchmarks(out, quick=quick, only=only, data_dir=data_dir))
 
     def demo(self, out: str = "demo_out", dataset_dir: str | None = None, redo: bool = False,
              verbose: bool = False) -> str:

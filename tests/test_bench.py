@@ -11,6 +11,7 @@ from medadv_monai.bench import (
     bench_advgan,
     bench_data,
     bench_pgd,
+    bench_realsize,
     bundle_advgan,
     bundle_classifier,
     format_bench,
@@ -91,6 +92,68 @@ def test_bench_data_small():
     assert r["cache_speedup"] == pytest.approx(r["cache_slices_per_s"] / r["nifti_slices_per_s"])
 
 
+def _check_realsize(r, subjects):
+    positive = ["build_s_per_subject_1_worker", "build_s_per_subject_all_workers", "nifti_load_s_per_subject",
+                "nifti_load_share_1_worker", "rss_mb_before_build", "peak_rss_mb_1_worker_process",
+                "peak_rss_mb_all_workers_parent", "peak_rss_mb_per_worker", "shard_mb_per_subject",
+                "nifti_mb_per_subject", "slices_per_subject", "brats2021_build_hours_all_workers",
+                "brats2021_build_hours_1_worker", "brats2021_shards_gb"]
+    assert all(r[k] > 0 for k in positive), {k: r[k] for k in positive}
+    assert r["subjects"] == subjects and r["build_workers"] == 2 and r["image_size"] == [64, 64]
+    assert r["peak_rss_mb_1_worker_process"] >= r["rss_mb_before_build"]
+    assert r["brats2021_subjects"] == 1251
+    assert r["brats2021_build_hours_all_workers"] == pytest.approx(1251 * r["build_s_per_subject_all_workers"] / 3600)
+    assert r["brats2021_build_hours_1_worker"] == pytest.approx(1251 * r["build_s_per_subject_1_worker"] / 3600)
+    assert r["brats2021_shards_gb"] == pytest.approx(1251 * r["shard_mb_per_subject"] / 1024)
+    assert r["nifti_load_share_1_worker"] == pytest.approx(r["nifti_load_s_per_subject"]
+                                                           / r["build_s_per_subject_1_worker"])
+    json.dumps(r)
+
+
+def test_bench_realsize_synthetic_figures_and_extrapolation():
+    r = bench_realsize(subjects=2, shape=(24, 24, 12), workers=2)
+    assert r["data"] == "synthetic" and r["volume_shape"] == [24, 24, 12] and r["voxel_mm"] == [1.0, 1.0, 1.0]
+    _check_realsize(r, 2)
+    table = format_bench({"realsize": r}).splitlines()
+    assert table[0] == "[realsize]" and len(table) == len(r) + 1
+    assert any(line.split()[0] == "brats2021_build_hours_all_workers" for line in table)
+
+
+def test_bench_realsize_reads_a_given_folder_only(tmp_path):
+    from medadv_monai.data import make_synthetic_brats
+
+    data = tmp_path / "data"
+    make_synthetic_brats(data, subjects=3, shape=(24, 24, 12), seed=1)
+    before = sorted((p.relative_to(data), p.stat().st_mtime_ns) for p in data.rglob("*"))
+    r = bench_realsize(data, subjects=2, workers=2)
+    assert r["data"] == str(data.resolve()) and r["volume_shape"] == [24, 24, 12]
+    _check_realsize(r, 2)
+    assert sorted((p.relative_to(data), p.stat().st_mtime_ns) for p in data.rglob("*")) == before  # only read
+
+
+def test_bench_realsize_section_reads_the_environment(tmp_path, monkeypatch):
+    import medadv_monai.bench.realsize as realsize
+
+    seen = []
+    monkeypatch.setattr(realsize, "bench_realsize", lambda data_dir, **kw: seen.append((data_dir, kw)) or {})
+    monkeypatch.setenv(realsize.DATA_ENV, str(tmp_path))
+    realsize.section(quick=True)
+    realsize.section(data_dir="/given")
+    monkeypatch.delenv(realsize.DATA_ENV)
+    realsize.section()
+    assert seen == [(str(tmp_path), {"subjects": 2, "shape": (48, 48, 32)}), ("/given", {}), (None, {})]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"subjects": 0}, "subjects and workers must be >= 1"),
+    ({"shape": (24, 24)}, "shape must be (H, W, D)"),
+    ({"data_dir": "/nonexistent/brats"}, "is not a folder"),
+])
+def test_bench_realsize_bad_input(kwargs, message):
+    with pytest.raises(MedAdvInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        bench_realsize(**kwargs)
+
+
 def test_format_bench_flattens_nested_figures():
     text = format_bench({"machine": {"torch": "2"}, "attacks": {"cpu": {"ratio": 1.23456, "shape": [1, 64, 64]}}})
     lines = text.splitlines()
@@ -101,6 +164,8 @@ def test_format_bench_flattens_nested_figures():
 def test_run_benchmarks_unknown_section_and_missing_module(tmp_path, monkeypatch):
     with pytest.raises(MedAdvInputError, match="unknown benchmark section"):
         run_benchmarks(tmp_path / "b.json", only=["nope"])
+    with pytest.raises(MedAdvInputError, match=r"unknown benchmark section\(s\) \['realsizes'\]"):
+        run_benchmarks(tmp_path / "b.json", only="realsizes")  # one name, not its letters
     assert not (tmp_path / "b.json").exists()
     import medadv_monai.bench.runner as runner
 

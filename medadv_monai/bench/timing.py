@@ -65,7 +65,20 @@ def interleaved(runs: dict[str, Callable[[], Any]], repeats: int, device: torch.
 
 
 def maxrss_mb() -> float:
-    """This process's peak resident set size so far, in MiB."""
+    """This process's peak resident set size so far, in MiB (2**20 bytes).
+
+    On Linux it is ``VmHWM`` of ``/proc/self/status``: the high-water mark of this process's own memory.
+    ``getrusage(RUSAGE_SELF).ru_maxrss`` is not, in a process started by exec (a spawned section or build): Linux
+    carries the parent's peak across fork and exec into it, so a child of a big parent would report the parent's
+    size. Elsewhere, ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
