@@ -28,7 +28,7 @@ from medadv_monai import settings
 from medadv_monai.errors import MedAdvInputError
 
 __all__ = ["BUNDLES_ENV", "MONAI_RUN_ARGS", "TRUST_NOTE", "bundle_path", "bundles_dir", "check_override_ids",
-           "check_run", "load_bundle_config", "read_config_file", "trust_note"]
+           "check_run", "load_bundle_config", "read_config_file", "trust_note", "write_model_metadata"]
 
 BUNDLES_ENV = "MEDADV_BUNDLES"
 _MARKER = Path("brats_slice_classifier") / "configs" / "train.yaml"
@@ -315,3 +315,34 @@ def trust_note(files: Sequence[str | os.PathLike], stream: Any = None) -> bool:
     print("medadv: note: " + TRUST_NOTE.format(files=[str(f) for f in files]), file=stream or sys.stderr)
     return True
 
+
+
+# ------------------------------------------------------------------------------------------ metadata of a trained model
+def write_model_metadata(meta_file: str | os.PathLike, out: str | os.PathLike, modalities: Sequence[str],
+                         image_size: Sequence[int], input_key: str = "image") -> Path:
+    """Write the metadata of a trained model: the bundle's ``meta_file`` with ``network_data_format.inputs`` set to
+    the configured input channels (``num_channels``, ``channel_def``) and slice size (``spatial_shape``).
+
+    A bundle's ``configs/metadata.json`` describes its default inputs; a model trained on other modalities writes
+    this file (``models/metadata.json``) beside its weights, so ``verify_net_in_out`` and ``ckpt_export`` given
+    ``--meta_file models/metadata.json`` check and embed what the model really takes.
+
+    Raises:
+        MedAdvInputError: ``meta_file`` is unreadable or has no ``network_data_format.inputs.<input_key>``, or
+            ``out`` cannot be written.
+    """
+    from medadv_monai.utils import save_json
+
+    meta = read_config_file(meta_file)
+    try:
+        image = meta["network_data_format"]["inputs"][input_key]
+    except (KeyError, TypeError):
+        raise MedAdvInputError(f"{meta_file}: no network_data_format.inputs.{input_key}; expected model-zoo "
+                               "metadata") from None
+    image.update(num_channels=len(modalities), spatial_shape=[int(s) for s in image_size],
+                 channel_def={str(i): str(m).upper() for i, m in enumerate(modalities)})
+    try:
+        save_json(meta, out)
+    except OSError as e:
+        raise MedAdvInputError(f"{out}: cannot write the model's metadata ({e.strerror or e})") from e
+    return Path(out)

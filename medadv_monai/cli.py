@@ -3,7 +3,7 @@
 ::
 
     medadv synth    --out DIR [--subjects 16 --shape "[96,96,64]" --seed 0]   synthetic BraTS 2021 NIfTI
-    medadv datalist --dataset_dir DIR --out FILE [--aliases auto --seed 0]    subject-level split, MONAI datalist
+    medadv datalist --dataset_dir DIR --out FILE [--layout auto --seed 0]     subject-level split, MONAI datalist
     medadv cache    [--config FILE] [--dataset_dir DIR ...]                   build the slice cache of a bundle config
     medadv stats    [--config FILE] [--out FILE] [--dataset_dir DIR ...]      subjects / slices / positives per split
     medadv bench    --out FILE [--only realsize --data_dir DIR]              benchmarks, as JSON and a table
@@ -80,13 +80,17 @@ class Commands:
                                     tumour_fraction=tumour_fraction, overwrite=overwrite)
         return f"{len(dirs)} synthetic subjects in {out}"
 
-    def datalist(self, dataset_dir: str, out: str, aliases: Any = "auto",
-                 fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0) -> str:
-        """Scan DATASET_DIR (one folder per subject), split by subject and write a MONAI datalist JSON to OUT."""
+    def datalist(self, dataset_dir: str, out: str, layout: Any = "auto",
+                 fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
+                 modalities: Sequence[str] = ("t1", "t1ce", "t2", "flair"), channels: Any = None) -> str:
+        """Find the subjects of DATASET_DIR (subject folders or an MSD task), split by subject, write a MONAI
+        datalist JSON to OUT. LAYOUT: auto, brats2021, brats2023, msd, or an alias table file; MODALITIES: the
+        modality set; CHANNELS: an MSD channel map {modality: index}."""
         from medadv_monai.data import build_datalist
 
         _file_out(out, "datalist.json")
-        dl = build_datalist(dataset_dir, out=out, aliases=aliases, fractions=fractions, seed=seed)
+        dl = build_datalist(dataset_dir, out=out, layout=layout, fractions=fractions, seed=seed,
+                            modalities=list(modalities), channels=channels)
         return f"{out}: " + ", ".join(f"{k} {len(v)}" for k, v in dl.items()) + " subjects"
 
     def cache(self, config: str | None = None, **overrides: Any) -> str:

@@ -223,7 +223,7 @@ def _report(out: Path, dataset_dir: Path | str, cache_info: Mapping[str, Any], c
         markdown_table(head, list(head[0]) if head else []), "",
         "## Data", "", "```", format_statistics(cache_info["stats"]), "```", "",
         "## Stage 1: classifier (test split)", "",
-        markdown_table([cls], ["val_auc", "val_acc", "val_sensitivity", "val_specificity", "slices"],
+        markdown_table([cls], ["test_auc", "test_acc", "test_sensitivity", "test_specificity", "slices"],
                        ["ROC AUC", "accuracy", "sensitivity", "specificity", "slices"]), "",
         "## Stage 2: AdvGAN (validation split, last epoch)", "",
         "One generator pass per slice. The headline table compares it with PGD and the others on the same test "

@@ -101,3 +101,52 @@ def start_until(args: list[str], cwd: Path, marker: Path, timeout: float = 240) 
             raise AssertionError(f"{args[:6]} ended or timed out before creating {marker}")
         time.sleep(0.2)
     return proc
+
+
+#: Task01_BrainTumour's channel order and names, and its labels from BraTS 2021's (1 NCR -> 2, 2 ED -> 1, 4 ET -> 3)
+MSD_CHANNELS = ("flair", "t1", "t1ce", "t2")
+MSD_MODALITY = {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}
+MSD_LABELS = {0: 0, 1: 2, 2: 1, 4: 3}
+
+
+def make_msd(src: Path, dst: Path, n: int | None = None, modality: dict | None = MSD_MODALITY) -> Path:
+    """An MSD Task01-layout copy of a BraTS 2021-layout dataset: 4D ``imagesTr`` (channels in MSD order), MSD labels
+    in ``labelsTr``, a ``dataset.json`` (with ``modality`` unless it is None) and one unlabelled image in
+    ``imagesTs``."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    (dst / "imagesTr").mkdir(parents=True)
+    (dst / "labelsTr").mkdir()
+    (dst / "imagesTs").mkdir()
+    training = []
+    subjects = sorted(p for p in src.iterdir() if p.is_dir())[:n]
+    for i, d in enumerate(subjects, 1):
+        vols = [nib.load(d / f"{d.name}_{m}.nii.gz") for m in MSD_CHANNELS]
+        image = np.stack([np.asarray(v.dataobj) for v in vols], axis=-1)
+        seg = nib.load(d / f"{d.name}_seg.nii.gz")
+        labels = np.vectorize(MSD_LABELS.get)(np.asarray(seg.dataobj)).astype(np.uint8)
+        name = f"BRATS_{i:03d}.nii.gz"
+        nib.save(nib.Nifti1Image(image, vols[0].affine), dst / "imagesTr" / name)
+        nib.save(nib.Nifti1Image(labels, seg.affine), dst / "labelsTr" / name)
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    shutil.copy(dst / "imagesTr" / "BRATS_001.nii.gz", dst / "imagesTs" / "BRATS_900.nii.gz")
+    meta = {"name": "BrainTumour", "tensorImageSize": "4D", "numTraining": len(training), "training": training,
+            "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
+            "test": ["./imagesTs/BRATS_900.nii.gz"]}
+    if modality is not None:
+        meta["modality"] = modality
+    (dst / "dataset.json").write_text(json.dumps(meta, indent=1))
+    return dst
+
+
+def keep_modalities(src: Path, dst: Path, keep: tuple[str, ...], n: int | None = None) -> Path:
+    """A copy of a BraTS 2021-layout dataset whose subjects have only the ``keep`` modalities and the seg."""
+    dst.mkdir(parents=True)
+    for d in sorted(p for p in src.iterdir() if p.is_dir())[:n]:
+        (dst / d.name).mkdir()
+        for key in (*keep, "seg"):
+            shutil.copy(d / f"{d.name}_{key}.nii.gz", dst / d.name)
+    return dst

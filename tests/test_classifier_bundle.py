@@ -30,7 +30,8 @@ def test_train_writes_checkpoints_and_tensorboard(trained):
     models = trained / "models"
     state = torch.load(models / "model.pt", weights_only=True)
     net = SliceClassifier(in_channels=1)
-    net.load_state_dict(state)  # the best model is a plain state dict of the configured network
+    net.load_state_dict(state["model"])  # the best model: the configured network's weights, and what it takes in
+    assert state["settings"]["modalities"] == ["t2"] and state["settings"]["image_size"] == [32, 32]
     last = torch.load(models / "checkpoints" / "checkpoint_epoch=8.pt", weights_only=True)
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(last)
     assert last["trainer"]["iteration"] == 8 * last["trainer"]["epoch_length"]
@@ -57,12 +58,13 @@ def test_evaluate_and_inference_from_another_directory(trained, synth_dir, tmp_p
              "--bundle_root", str(trained), *args], cwd=tmp_path)
     metrics = json.loads((trained / "eval" / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["slices"] > 0
-    for key in ("val_auc", "val_acc", "val_sensitivity", "val_specificity"):
+    for key in ("test_auc", "test_acc", "test_sensitivity", "test_specificity"):  # named by the split
         assert 0.0 <= metrics[key] <= 1.0, key
     with open(trained / "eval" / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == metrics["slices"]
-    assert set(rows[0]) == {"subject", "slice_index", "label", "probability"}
+    assert set(rows[0]) == {"subject", "slice_index", "label", "probability", "prediction"}
+    assert all(r["prediction"] == str(int(float(r["probability"]) >= 0.5)) for r in rows)
     assert all(0.0 <= float(r["probability"]) <= 1.0 and r["label"] in ("0", "1") for r in rows)
     assert len({(r["subject"], r["slice_index"]) for r in rows}) == len(rows)  # one row per slice
 
@@ -84,16 +86,16 @@ def test_evaluate_workflow_properties(trained, synth_dir):
 
 
 def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
-    cfg, meta = str(trained / "configs" / "train.yaml"), str(trained / "configs" / "metadata.json")
+    cfg, meta = str(trained / "configs" / "train.yaml"), str(trained / "models" / "metadata.json")  # the model's
     run_cli(["monai.bundle", "verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", cfg,
              "--bundle_root", str(trained)], cwd=tmp_path)
     ts = tmp_path / "model.ts"
     run_cli(["monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file",
-             str(trained / "models" / "model.pt"), "--meta_file", meta, "--config_file", cfg,
-             "--bundle_root", str(trained)], cwd=tmp_path)
+             str(trained / "models" / "model.pt"), "--key_in_ckpt", "model", "--meta_file", meta,
+             "--config_file", cfg, "--bundle_root", str(trained)], cwd=tmp_path)
     scripted = torch.jit.load(str(ts))
     net = SliceClassifier(in_channels=1)
-    net.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
+    net.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True)["model"])
     net.eval()
     x = torch.rand(2, 1, 32, 32)
     torch.testing.assert_close(scripted(x), net(x))
@@ -107,7 +109,13 @@ def test_modality_swap_trains_a_two_channel_model(synth_dir, tmp_path):
     wf.run()
     wf.finalize()
     state = torch.load(bundle / "models" / "model.pt", weights_only=True)
-    assert state["features.0.weight"].shape[1] == 2
+    assert state["model"]["features.0.weight"].shape[1] == 2 and state["settings"]["modalities"] == ["t1ce", "flair"]
+    meta = json.loads((bundle / "models" / "metadata.json").read_text())["network_data_format"]["inputs"]["image"]
+    assert meta["num_channels"] == 2 and meta["channel_def"] == {"0": "T1CE", "1": "FLAIR"}
+    run_cli(["monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
+             str(bundle / "models" / "metadata.json"), "--config_file", str(bundle / "configs" / "train.yaml"),
+             "--bundle_root", str(bundle),
+             "--modalities", "['t1ce','flair']"], cwd=tmp_path)
 
 
 def test_training_resumes_from_its_last_checkpoint(synth_dir, tmp_path):

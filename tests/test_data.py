@@ -35,7 +35,7 @@ def _leftovers(root: Path) -> list[Path]:
 # ------------------------------------------------------------------------------------------------- datalists
 def test_datalist_brats2021(synth_dir, tmp_path):
     out = tmp_path / "dl.json"
-    dl = build_datalist(synth_dir, out=out, aliases="brats2021", seed=3)
+    dl = build_datalist(synth_dir, out=out, layout="brats2021", seed=3)
     assert load_datalist(out) == dl
     entries = [e for items in dl.values() for e in items]
     assert sorted(e["subject"] for e in entries) == sorted(p.name for p in synth_dir.iterdir())
@@ -54,7 +54,7 @@ def test_datalist_brats2023_names_auto(synth_dir, tmp_path):
         for key, new in names.items():
             shutil.copy(d / f"{d.name}_{key}.nii.gz", root / sid / f"{sid}-{new}.nii.gz")
     for aliases in ("auto", "brats2023"):
-        entries = find_subjects(root, aliases=aliases)
+        entries = find_subjects(root, layout=aliases)
         assert len(entries) == 3
         assert all(Path(e["flair"]).name.endswith("-t2f.nii.gz") for e in entries)
 
@@ -74,12 +74,12 @@ def test_real_sample_loads_with_aliases_only(tmp_path):
 
     table = tmp_path / "aliases.yaml"
     table.write_text(yaml.safe_dump(REAL_ALIASES))
-    (entry,) = find_subjects(REAL_SAMPLE, aliases=str(table))
+    (entry,) = find_subjects(REAL_SAMPLE, layout=str(table))
     assert entry["subject"] == "TCGA-DU-7294" and entry["seg"].endswith("fusion/simple.nii.gz")
     with pytest.raises(MedAdvInputError, match="no file for 't1'"):
         find_subjects(REAL_SAMPLE)  # BraTS names do not match: the aliases are needed
     # the whole slice chain runs on it: 240x240x155 raw intensities -> scaled, labelled slices
-    parser = classifier_config(REAL_SAMPLE, tmp_path / "work", aliases=REAL_ALIASES, image_size=[64, 64])
+    parser = classifier_config(REAL_SAMPLE, tmp_path / "work", layout=REAL_ALIASES, image_size=[64, 64])
     cache = parser.get_parsed_content("slice_cache")
     arrays = cache.run_chain(entry)
     seg = np.asarray(nib.load(entry["seg"]).dataobj)
@@ -181,7 +181,7 @@ def test_cache_rebuilds_when_a_shaping_setting_changes(synth_dir, synth_config, 
     work = synth_config["work_dir"]
     same = classifier_config(synth_dir, work).get_parsed_content("slice_cache")
     assert same.path == base.path
-    for override in ({"image_size": [24, 24]}, {"tumour_labels": [4]}, {"empty_threshold": 0.2},
+    for override in ({"image_size": [24, 24]}, {"region": "ET"}, {"foreground": "above_min"}, {"empty_threshold": 0.2},
                      {"reader": "ITKReader"}, {"max_positive_per_subject": 1}):
         changed = classifier_config(synth_dir, work, **override).get_parsed_content("slice_cache")
         assert changed.path != base.path, override
@@ -270,7 +270,7 @@ BAD_INPUT = {
     "nan": "NaN or Inf",
     "inf": "NaN or Inf",
     "all_zero": "all zero",
-    "seg_labels": r"labels \[3\] are outside the configured set \[0, 1, 2, 4\]",
+    "seg_labels": r"labels \[3\] are outside the brats2021 label convention \[0, 1, 2, 4\]",
 }
 
 
@@ -301,23 +301,26 @@ def test_empty_or_missing_dataset_dir(tmp_path):
     assert not (tmp_path / "dl.json").exists()
 
 
-def test_alias_errors(synth_dir, tmp_path):
-    with pytest.raises(MedAdvInputError, match="'brats2019' is neither a built-in table"):
-        find_subjects(synth_dir, aliases="brats2019")
-    with pytest.raises(MedAdvInputError, match=r"unknown key\(s\) \['t1gd'\]"):
-        find_subjects(synth_dir, aliases={**REAL_ALIASES, "t1gd": ["x"]})
+def test_layout_errors(synth_dir, tmp_path):
+    with pytest.raises(MedAdvInputError, match="'brats2019' is neither one of"):
+        find_subjects(synth_dir, layout="brats2019")
+    renamed = {("t1gd" if k == "t1ce" else k): v for k, v in REAL_ALIASES.items()}
+    with pytest.raises(MedAdvInputError, match=r"no pattern for \['t1ce'\] \(it names \['t1', 't1gd',"):
+        find_subjects(synth_dir, layout=renamed)
     with pytest.raises(MedAdvInputError, match=r"no pattern for \['seg'\]"):
-        find_subjects(synth_dir, aliases={k: v for k, v in REAL_ALIASES.items() if k != "seg"})
+        find_subjects(synth_dir, layout={k: v for k, v in REAL_ALIASES.items() if k != "seg"})
+    with pytest.raises(MedAdvInputError, match=r"layout 'brats2021' has no pattern for \['dwi'\]"):
+        find_subjects(synth_dir, layout="brats2021", modalities=["flair", "dwi"])
     bad = tmp_path / "aliases.json"
     bad.write_text("{not json")
-    with pytest.raises(MedAdvInputError, match="cannot read table file"):
-        find_subjects(synth_dir, aliases=str(bad))
+    with pytest.raises(MedAdvInputError, match="cannot read alias table file"):
+        find_subjects(synth_dir, layout=str(bad))
 
 
 def test_ambiguous_alias_is_an_error(synth_dir, tmp_path):
     data = copy_subjects(synth_dir, tmp_path / "data", n=1)
     with pytest.raises(MedAdvInputError, match="files match 't1'"):
-        find_subjects(data, aliases={**{k: [f"*_{k}.nii.gz"] for k in (*MODS, "seg")}, "t1": ["*_t1*.nii.gz"]})
+        find_subjects(data, layout={**{k: [f"*_{k}.nii.gz"] for k in (*MODS, "seg")}, "t1": ["*_t1*.nii.gz"]})
 
 
 def test_datalist_file_errors(tmp_path):

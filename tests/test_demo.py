@@ -49,7 +49,7 @@ def test_demo_on_tiny_settings(tmp_path, capsys):
                                        nan_ok=True)
     cls = json.loads((out / "classifier" / "eval" / "metrics.json").read_text())
     (cls_row,) = _table(text, "| ROC AUC")
-    assert float(cls_row[0]) == pytest.approx(cls["val_auc"], abs=5e-4)
+    assert float(cls_row[0]) == pytest.approx(cls["test_auc"], abs=5e-4)
     for figure in ("attack_eval/figures/robust_accuracy.png", "attack_eval/figures/gradcam.png",
                    "attack_eval/patch_sweep/figures/asr_by_coverage.png"):
         assert (out / figure).is_file() and figure in text

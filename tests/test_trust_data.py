@@ -78,7 +78,7 @@ def test_datalist_is_rebuilt_when_what_made_it_changes(synth_dir, tmp_path):
         rebuilt = ensure_datalist(data, path, **settings)
         assert rebuilt == build_datalist(data, **settings) != first, settings
     with pytest.raises(MedAdvInputError, match="no file for 't1'"):  # other aliases: matched again
-        ensure_datalist(data, path, aliases="brats2023")
+        ensure_datalist(data, path, layout="brats2023")
     other = copy_subjects(data, tmp_path / "other")  # the same subjects in another folder
     assert all(e["t1"].startswith(str(other.resolve())) for e in ensure_datalist(other, path)["training"])
     extra = sorted(synth_dir.iterdir())[5]
@@ -332,7 +332,7 @@ def test_subject_folder_name_is_matched_literally(synth_dir, tmp_path):
         shutil.copy(src / f"{src.name}_{key}.nii.gz", root / sid / f"{sid}_{key}.nii.gz")
     shutil.copy(src / f"{src.name}_t2.nii.gz", root / sid / "sub0_t1.nii.gz")  # what the glob reading would take
     for aliases in ("auto", "brats2021"):
-        (entry,) = find_subjects(root, aliases=aliases)
+        (entry,) = find_subjects(root, layout=aliases)
         assert entry["t1"] == str((root / sid / f"{sid}_t1.nii.gz").resolve()), aliases
 
 
@@ -342,10 +342,10 @@ def test_subject_folder_name_is_matched_literally(synth_dir, tmp_path):
 ])
 def test_bad_alias_pattern_is_one_line(pattern, message, synth_dir, tmp_path, capsys):
     table = {**{k: [f"{{subject}}_{k}.nii.gz"] for k in KEYS}, "t1": [pattern]}
-    with pytest.raises(MedAdvInputError, match=f"aliases: pattern '{pattern}' for 't1'"):
-        find_subjects(synth_dir, aliases=table)
+    with pytest.raises(MedAdvInputError, match=f"layout: pattern '{pattern}' for 't1'"):
+        find_subjects(synth_dir, layout=table)
     out = tmp_path / "dl.json"
-    assert main(["datalist", "--dataset_dir", str(synth_dir), "--out", str(out), "--aliases", json.dumps(table)]) == 2
+    assert main(["datalist", "--dataset_dir", str(synth_dir), "--out", str(out), "--layout", json.dumps(table)]) == 2
     _one_line(capsys, message)
     assert not out.exists()
 

@@ -1,4 +1,5 @@
-"""BraTS data layer: datalists, the slice transform chain, the slice cache, statistics, synthetic BraTS."""
+"""BraTS data layer: layouts, datalists, label conventions and regions, intensity scaling, the slice transform chain,
+the slice cache, statistics, synthetic BraTS."""
 
 from __future__ import annotations
 
@@ -10,35 +11,40 @@ from medadv_monai.data.cache import (
     pos_weight,
     transform_fingerprint,
 )
-from medadv_monai.data.datalist import (
-    BUILTIN_ALIASES,
-    MODALITIES,
-    SEG_KEY,
-    SPLITS,
-    build_datalist,
-    ensure_datalist,
-    find_subjects,
-    load_datalist,
-    resolve_aliases,
-    split_subjects,
-)
-from medadv_monai.data.stats import format_statistics, split_statistics
-from medadv_monai.data.synthetic_dataset import make_synthetic_brats
-from medadv_monai.data.transforms import (
-    ExtractAxialSlicesd,
-    LoadVolumesd,
-    RobustScaleIntensity,
-    RobustScaleIntensityd,
-    SliceLabeld,
+from medadv_monai.data.datalist import SPLITS, build_datalist, ensure_datalist, load_datalist, split_subjects
+from medadv_monai.data.intensity import FOREGROUNDS, RobustScaleIntensity, RobustScaleIntensityd
+from medadv_monai.data.labels import (
+    CONVENTIONS,
+    REGIONS,
+    LabelConvention,
     TumourMask,
     TumourMaskd,
-    ValidateVolumesd,
+    resolve_convention,
 )
+from medadv_monai.data.layouts import (
+    BRATS_TABLES,
+    LAYOUTS,
+    MODALITIES,
+    MSD_NAMES,
+    SEG_KEY,
+    find_subjects,
+    resolve_layout,
+)
+from medadv_monai.data.new_volumes import find_volumes, volume_slices
+from medadv_monai.data.stats import format_statistics, split_statistics
+from medadv_monai.data.synthetic_dataset import make_synthetic_brats
+from medadv_monai.data.transforms import ExtractAxialSlicesd, LoadVolumesd, SliceLabeld, ValidateVolumesd
 
 __all__ = [
-    "BUILTIN_ALIASES",
+    "BRATS_TABLES",
     "CACHE_FORMAT",
+    "CONVENTIONS",
+    "FOREGROUNDS",
+    "LAYOUTS",
     "MODALITIES",
+    "MSD_NAMES",
+    "REGIONS",
+    "LabelConvention",
     "SEG_KEY",
     "SPLITS",
     "ExtractAxialSlicesd",
@@ -55,12 +61,15 @@ __all__ = [
     "build_datalist",
     "ensure_datalist",
     "find_subjects",
+    "find_volumes",
     "format_statistics",
     "load_datalist",
     "make_synthetic_brats",
     "pos_weight",
-    "resolve_aliases",
+    "resolve_convention",
+    "resolve_layout",
     "split_statistics",
     "split_subjects",
     "transform_fingerprint",
+    "volume_slices",
 ]

@@ -1,27 +1,29 @@
 """Slice cache: run the config's slice transform chain once per subject and keep the slices as ``.npy`` shards.
 
 The chain in the bundle config stays the one place that says how a slice is made; the cache only runs it and
-stores every slice's four modalities, tumour mask and label, so a bundle picks its input channels with a
-``modalities`` list and never rebuilds for a modality swap.
+stores every slice's modalities (the whole modality set), tumour mask and label, so a bundle picks its input
+channels with a ``modalities`` list and never rebuilds for a modality swap.
 
 Layout::
 
     <cache_dir>/<chain fingerprint>/
         chain.json                      what the fingerprint was computed from (for people)
         <subject>-<inputs fingerprint>/ one shard per subject, written atomically
-            images.npy                  (S, 4, H, W) float32, channels in MODALITIES order
+            images.npy                  (S, C, H, W) float32, the modality set's channels in its order
             mask.npy                    (S, 1, H, W) uint8 tumour mask
-            slices.json                 subject, slice_index, label, nonzero_fraction per slice; the content digest
-                                        of each input file and the size and checksum of each .npy file
+            slices.json                 subject, slice_index, label, nonzero_fraction per slice; the modality set;
+                                        the content digest of each input file and the size and checksum of each
+                                        .npy file
 
 The chain fingerprint is a hash of the chain's classes and settings (every transform's attributes), so editing
 any setting that shapes a slice (size, percentiles, labels, thresholds, reader, ...) selects a new folder and the
-cache is rebuilt. A subject's shard is keyed by the content digests of its input files
-(:func:`~medadv_monai.utils.fingerprint.file_digest`, computed once per file per call), so a file replaced by other
-content is rebuilt, whatever its size and time stamp, and nothing else. Before a shard is used (:meth:`SliceCache.
-missing`, :meth:`~SliceCache.slices`, :meth:`~SliceCache.dataset`, ``medadv stats``) its files are checked against
-the sizes and checksums in its ``slices.json``; a damaged shard is rebuilt, or, where building is not allowed, named
-in an error. Build workers end with the process that started them. Reads are memory-mapped.
+cache is rebuilt (the modality set is one of them: it is the stored channels). A subject's shard is keyed by the
+content digests of its input files (:func:`~medadv_monai.utils.fingerprint.file_digest`, computed once per file per
+call) and the entry's other fields (its layout, an MSD channel map), so a file replaced by other content, or read
+under another layout, is rebuilt, whatever its size and time stamp, and nothing else. Before a shard is used
+(:meth:`SliceCache.missing`, :meth:`~SliceCache.slices`, :meth:`~SliceCache.dataset`, ``medadv stats``) its files are
+checked against the sizes and checksums in its ``slices.json``; a damaged shard is rebuilt, or, where building is
+not allowed, named in an error. Build workers end with the process that started them. Reads are memory-mapped.
 """
 
 from __future__ import annotations
@@ -45,14 +47,15 @@ import torch
 from monai.data import Dataset
 from monai.transforms import Compose, Transform
 
-from medadv_monai.data.datalist import MODALITIES
+from medadv_monai.data.layouts import MODALITIES, SEG_KEY
 from medadv_monai.errors import MedAdvInputError, find_input_error
 from medadv_monai.utils import atomic_dir, save_json
 from medadv_monai.utils.fingerprint import describe, file_digest, fingerprint
 
 __all__ = ["CACHE_FORMAT", "LoadCachedSliced", "SliceCache", "SliceDataset", "pos_weight", "transform_fingerprint"]
 
-CACHE_FORMAT = 2  # 2: shards keyed by input content; slices.json records each shard file's size and checksum
+CACHE_FORMAT = 3  # 2: shards keyed by input content, slices.json records each file's size and checksum; 3: shards
+#                   keyed by the entry's layout and channel map too, slices.json records the modality set
 _ARRAYS = ("images.npy", "mask.npy")
 _REBUILD = "run `medadv cache` with the same config and overrides to rebuild it"
 
@@ -72,17 +75,18 @@ class SliceCache:
         image_keys: modality keys the chain outputs, stored as channels in this order.
         mask_key: tumour mask key the chain outputs.
         label_key: slice label key the chain outputs.
-        file_keys: datalist keys whose files feed the chain (their content digests key each subject's shard).
+        file_keys: datalist keys whose files feed the chain (their content digests key each subject's shard;
+            default ``image_keys`` and ``seg``).
         num_workers: processes used to build (default: all cores).
     """
 
     def __init__(self, cache_dir: str | os.PathLike, transform: Callable, image_keys: Sequence[str] = MODALITIES,
-                 mask_key: str = "mask", label_key: str = "label", file_keys: Sequence[str] = (*MODALITIES, "seg"),
+                 mask_key: str = "mask", label_key: str = "label", file_keys: Sequence[str] | None = None,
                  num_workers: int | None = None) -> None:
         self.transform = transform
         self.image_keys = tuple(image_keys)
         self.mask_key, self.label_key = mask_key, label_key
-        self.file_keys = tuple(file_keys)
+        self.file_keys = (*self.image_keys, SEG_KEY) if file_keys is None else tuple(file_keys)
         self.num_workers = num_workers or os.cpu_count() or 1
         self.fingerprint, self.description = transform_fingerprint(transform)
         self.path = Path(cache_dir) / self.fingerprint[:16]
@@ -118,10 +122,12 @@ class SliceCache:
         with cf.ThreadPoolExecutor(max(1, min(self.num_workers, len(todo), 8))) as pool:
             memo.update(zip(todo, pool.map(file_digest, todo)))
 
-    def _inputs_of(self, item: Mapping[str, Any]) -> dict[str, str]:
+    def _inputs_of(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        """What a subject's shard is made from: each input file's content digest, and the entry's other fields."""
         with self._scope() as memo:
             self._inputs([item])
-            return {key: memo["digest"][str(item[key])] for key in self.file_keys}
+            fields = {k: v for k, v in item.items() if k != "subject" and k not in self.file_keys}
+            return {**fields, **{key: memo["digest"][str(item[key])] for key in self.file_keys}}
 
     def shard_dir(self, item: Mapping[str, Any]) -> Path:
         """The shard folder of a datalist entry (depends on the chain and on the content of the subject's files)."""
@@ -346,7 +352,8 @@ def _build_shard(cache: SliceCache, item: Mapping[str, Any], shard: Path, inputs
         with atomic_dir(shard) as tmp:
             np.save(tmp / "images.npy", arrays["images"])
             np.save(tmp / "mask.npy", arrays["mask"])
-            meta = {"subject": item["subject"], **{k: arrays[k] for k in ("label", "slice_index", "nonzero_fraction")},
+            meta = {"subject": item["subject"], "modalities": list(cache.image_keys),
+                    **{k: arrays[k] for k in ("label", "slice_index", "nonzero_fraction")},
                     "inputs": dict(inputs), "files": {name: file_digest(tmp / name) for name in _ARRAYS}}
             meta["checksum"] = fingerprint(meta)
             save_json(meta, tmp / "slices.json")

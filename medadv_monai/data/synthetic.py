@@ -62,7 +62,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from medadv_monai.data.datalist import MODALITIES
+from medadv_monai.data.layouts import MODALITIES
 from medadv_monai.errors import MedAdvInputError
 
 __all__ = [

@@ -2,15 +2,16 @@
 
 A bundle config chains them with MONAI's own transforms (see ``bundles/brats_slice_classifier/configs``)::
 
-    LoadVolumesd -> ValidateVolumesd -> RobustScaleIntensityd -> TumourMaskd
+    LoadVolumesd -> ValidateVolumesd -> RobustScaleIntensityd (intensity.py) -> TumourMaskd (labels.py)
         -> Resized (modalities, in-plane) -> Resized (mask, area) -> AsDiscreted (mask > 0)
         -> ExtractAxialSlicesd -> SliceLabeld
 
-Every modality and the seg of a subject must be one 3D volume (a 4D file whose 4th dimension is 1 counts as 3D;
-any other 4D file is an error: its extra volumes would otherwise become extra channels and shift every later
-modality), and all must share shape, orientation and affine (within ``affine_tolerance``). A volume stored in
-another orientation is an error unless ``LoadVolumesd(orientation="RAS")`` (any three axis codes) reorients every
-volume on load, which flips and permutes axes only (no resampling).
+Every modality and the seg of a subject must be one 3D volume (a 4D file whose 4th dimension is 1 counts as 3D; a
+4D file with several volumes is read only through the entry's ``channels`` map, as the MSD layout writes it, one
+channel per modality: otherwise its extra volumes would become extra channels and shift every later modality),
+and all must share shape, orientation and affine (within ``affine_tolerance``). A volume stored in another
+orientation is an error unless ``LoadVolumesd(orientation="RAS")`` (any three axis codes) reorients every volume on
+load, which flips and permutes axes only (no resampling).
 
 Volumes are resized in-plane (``spatial_size: [H, W, -1]``) before slicing: one resize per volume instead of one
 per slice. ``ExtractAxialSlicesd`` turns one subject dict into a list of slice dicts; MONAI's ``Compose`` applies
@@ -21,7 +22,7 @@ MONAI.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import nibabel as nib
@@ -29,17 +30,14 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import LoadImaged, MapTransform, Orientation, Transform
+from monai.transforms import LoadImaged, MapTransform, Orientation
 
+from medadv_monai.data.labels import ConventionSpec, resolve_convention, subject_convention
 from medadv_monai.errors import MedAdvInputError
 
 __all__ = [
     "LoadVolumesd",
     "ValidateVolumesd",
-    "RobustScaleIntensity",
-    "RobustScaleIntensityd",
-    "TumourMask",
-    "TumourMaskd",
     "ExtractAxialSlicesd",
     "SliceLabeld",
     "source_name",
@@ -56,19 +54,21 @@ class LoadVolumesd(LoadImaged):
     """``LoadImaged`` that reports an unreadable or truncated file as one clear error naming the file.
 
     Always ``image_only`` and channel-first; ``reader`` is any MONAI reader name, e.g. ``"NibabelReader"`` or
-    ``"ITKReader"``.
+    ``"ITKReader"``. Where the data dict holds a ``channels_key`` map ``{key: index}`` (the MSD layout), those keys
+    name one 4D file each: it is read once per call, and each key gets its channel as a 3D volume.
 
     Args:
         orientation: ``None`` (default): volumes stay as stored, and :class:`ValidateVolumesd` refuses a subject
             whose volumes differ in orientation. Three axis codes such as ``"RAS"``: every volume is reoriented to
             them on load (MONAI's ``Orientation``: axis flips and permutations, no resampling), so a modality
             stored flipped or transposed lines up with the others and the seg.
+        channels_key: the data dict's channel map, if any (default ``"channels"``).
     """
 
     _LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
     def __init__(self, keys: KeysCollection, reader: str | None = "NibabelReader", orientation: str | None = None,
-                 **kwargs: Any) -> None:
+                 channels_key: str = "channels", **kwargs: Any) -> None:
         kwargs.update(image_only=True, ensure_channel_first=True)
         super().__init__(keys, reader=reader, **kwargs)
         if orientation is not None:
@@ -78,22 +78,42 @@ class LoadVolumesd(LoadImaged):
                 raise MedAdvInputError(f"orientation {orientation!r}: expected three axis codes, one of L/R, one "
                                        "of P/A and one of I/S, e.g. 'RAS', or None to keep volumes as stored")
             orientation = codes
-        self.orientation = orientation
+        self.orientation, self.channels_key = orientation, channels_key
         self._orient = None if orientation is None else Orientation(axcodes=orientation, labels=self._LABELS)
 
     def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
         d = dict(data)
+        channels = d.get(self.channels_key) or {}
+        read: dict[str, Any] = {}  # a file named by several channel keys is read once
         for key in self.key_iterator(d):
-            try:
-                d[key] = self._loader(d[key], reader)
-            except Exception as e:  # noqa: BLE001 - every reader failure becomes one clear message
-                raise MedAdvInputError(
-                    f"{d[key]}: cannot read {key!r} as a NIfTI volume ({type(e).__name__}: {e}); "
-                    "the file may be truncated or not an image"
-                ) from e
+            path = d[key]
+            if key in channels:
+                if path not in read:
+                    read[path] = self._read(path, key, reader)
+                d[key] = _channel(read[path], channels[key], key)
+            else:
+                d[key] = self._read(path, key, reader)
             if self._orient is not None and d[key].ndim == 4:  # other shapes: ValidateVolumesd names the file
                 d[key] = self._orient(d[key])
         return d
+
+    def _read(self, path: Any, key: Hashable, reader: Any) -> Any:
+        try:
+            return self._loader(path, reader)
+        except Exception as e:  # noqa: BLE001 - every reader failure becomes one clear message
+            raise MedAdvInputError(
+                f"{path}: cannot read {key!r} as a NIfTI volume ({type(e).__name__}: {e}); "
+                "the file may be truncated or not an image"
+            ) from e
+
+
+def _channel(img: Any, index: Any, key: Hashable) -> Any:
+    """Channel ``index`` of a channel-first 4D image, as ``(1, X, Y, Z)``; an index it does not have is an error."""
+    n = int(img.shape[0]) if img.ndim == 4 else 1
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+        raise MedAdvInputError(f"{source_name(img)}: {key!r} is channel {index!r}, but the file has {n} channel(s) "
+                               f"(shape {tuple(img.shape)}); fix the channels map or dataset.json's 'modality'")
+    return img[index : index + 1]
 
 
 class ValidateVolumesd(MapTransform):
@@ -102,13 +122,15 @@ class ValidateVolumesd(MapTransform):
     Checks that every key is one 3D volume (a file whose 4th dimension is 1 counts as 3D; other 4D files are
     refused), that all keys share spatial shape, orientation and affine (voxel spacing, origin, direction, each
     within ``affine_tolerance``), that voxels are finite, that no modality is all zero, and that the segmentation
-    holds only ``allowed_labels``. Each failure raises :class:`MedAdvInputError` naming the file (both files for a
-    mismatch) and what was expected. The data pass through unchanged.
+    holds only the labels of its label convention. Each failure raises :class:`MedAdvInputError` naming the file
+    (both files for a mismatch) and what was expected. The data pass through unchanged.
 
     Args:
         keys: image keys (modalities and seg).
         seg_key: the segmentation key, checked for labels instead of emptiness.
-        allowed_labels: the labels a segmentation may hold (BraTS: 0, 1, 2, 4).
+        label_convention: the convention's name, ``"auto"`` (each subject's layout's, read from ``layout_key``) or
+            a custom mapping (:func:`~medadv_monai.data.labels.resolve_convention`); its labels are the ones a
+            segmentation may hold (BraTS 2021: 0, 1, 2, 4).
         affine_tolerance: the largest absolute difference allowed between two volumes' spacing (mm), origin (mm)
             and direction cosines (default 1e-3: header rounding passes, a real offset does not).
     """
@@ -117,13 +139,16 @@ class ValidateVolumesd(MapTransform):
         self,
         keys: KeysCollection,
         seg_key: str | None = "seg",
-        allowed_labels: Sequence[int] = (0, 1, 2, 4),
+        label_convention: ConventionSpec = "auto",
         affine_tolerance: float = 1e-3,
+        layout_key: str = "layout",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.seg_key = seg_key
-        self.allowed_labels = tuple(int(v) for v in allowed_labels)
+        self.seg_key, self.layout_key = seg_key, layout_key
+        if label_convention != "auto":
+            resolve_convention(label_convention)  # an unknown name fails before any file is read
+        self.label_convention = label_convention
         if isinstance(affine_tolerance, bool) or not isinstance(affine_tolerance, (int, float)) \
                 or not 0 <= affine_tolerance < float("inf"):
             raise MedAdvInputError(f"affine_tolerance={affine_tolerance!r}: expected a finite number >= 0")
@@ -148,7 +173,7 @@ class ValidateVolumesd(MapTransform):
                 self._check_geometry(img, key, d[ref_key], ref_key)
             arr = torch.as_tensor(img)
             if key == self.seg_key:
-                self._check_labels(arr, name)
+                self._check_labels(arr, name, d)
                 continue
             bad = (~torch.isfinite(arr)).sum().item()
             if bad:
@@ -176,16 +201,11 @@ class ValidateVolumesd(MapTransform):
                     f"{both} differ in {what}: {_fmt(va)} vs {_fmt(vb)} (tolerance {self.affine_tolerance:g}); all "
                     "modalities and the seg of a subject must share one grid (shape, orientation and affine)")
 
-    def _check_labels(self, seg: torch.Tensor, name: str) -> None:
+    def _check_labels(self, seg: torch.Tensor, name: str, data: Mapping[Hashable, Any]) -> None:
         if not bool(torch.isfinite(seg).all()):
             raise MedAdvInputError(f"{name}: NaN or Inf in the segmentation; expected integer labels")
-        labels = torch.unique(seg).tolist()
-        extra = sorted({float(v) for v in labels} - {float(v) for v in self.allowed_labels})
-        if extra:
-            raise MedAdvInputError(
-                f"{name}: segmentation labels {[_num(v) for v in extra]} are outside the configured set "
-                f"{list(self.allowed_labels)}"
-            )
+        convention = subject_convention(self.label_convention, data, self.layout_key)
+        convention.check(torch.unique(seg).tolist(), name)
 
 
 def _check_3d(img: Any, key: Hashable, name: str) -> None:
@@ -205,97 +225,6 @@ def _check_3d(img: Any, key: Hashable, name: str) -> None:
 
 def _fmt(v: np.ndarray) -> list:
     return np.round(np.asarray(v, dtype=np.float64), 4).tolist()
-
-
-def _num(v: float) -> int | float:
-    return int(v) if float(v).is_integer() else v
-
-
-class RobustScaleIntensity(Transform):
-    """Robust per-channel scaling to [0, 1] with percentiles of the non-zero voxels; background stays 0.
-
-    For each channel with non-zero voxels ``B``: ``y = clip((x - p_lower) / (p_upper - p_lower), 0, 1)`` on ``B``
-    and ``y = 0`` elsewhere, where ``p_q`` is the q-th percentile of ``x[B]``. A channel whose percentiles
-    coincide is mapped to 1 on ``B``.
-
-    Args:
-        lower: lower percentile (default 1).
-        upper: upper percentile (default 99).
-    """
-
-    def __init__(self, lower: float = 1.0, upper: float = 99.0) -> None:
-        if not 0 <= lower < upper <= 100:
-            raise MedAdvInputError(f"percentiles lower={lower}, upper={upper}: expected 0 <= lower < upper <= 100")
-        self.lower, self.upper = float(lower), float(upper)
-
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(torch.as_tensor(img), dtype=torch.float32)
-        for c in range(img.shape[0]):
-            x = torch.as_tensor(img[c]).float()
-            fg = x != 0
-            if not bool(fg.any()):
-                continue
-            lo, hi = np.percentile(x[fg].numpy(), [self.lower, self.upper])
-            scaled = (x - lo) / (hi - lo) if hi > lo else torch.ones_like(x)
-            out[c] = torch.where(fg, scaled.clamp(0, 1), torch.zeros_like(x))
-        if isinstance(img, MetaTensor):
-            out = MetaTensor(out, meta=img.meta)
-        return out
-
-
-class RobustScaleIntensityd(MapTransform):
-    """Dictionary wrapper of :class:`RobustScaleIntensity`."""
-
-    def __init__(
-        self, keys: KeysCollection, lower: float = 1.0, upper: float = 99.0, allow_missing_keys: bool = False
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.scaler = RobustScaleIntensity(lower, upper)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.scaler(d[key])
-        return d
-
-
-class TumourMask(Transform):
-    """Binary tumour mask from a label map: ``1`` where the label is in ``labels`` (``None``: any non-zero label)."""
-
-    def __init__(self, labels: Sequence[int] | None = None) -> None:
-        self.labels = None if labels is None else tuple(int(v) for v in labels)
-
-    def __call__(self, seg: torch.Tensor) -> torch.Tensor:
-        seg_t = torch.as_tensor(seg)
-        if self.labels is None:
-            mask = seg_t != 0
-        else:
-            mask = torch.isin(seg_t, torch.tensor(self.labels, dtype=seg_t.dtype))
-        out = mask.to(torch.uint8)
-        return MetaTensor(out, meta=seg.meta) if isinstance(seg, MetaTensor) else out
-
-
-class TumourMaskd(MapTransform):
-    """Dictionary wrapper of :class:`TumourMask`: reads ``keys`` (the seg) and writes ``output_key``."""
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        labels: Sequence[int] | None = None,
-        output_key: str = "mask",
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        if len(self.keys) != 1:
-            raise MedAdvInputError(f"TumourMaskd: expected one seg key, got {list(self.keys)}")
-        self.masker = TumourMask(labels)
-        self.output_key = output_key
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[self.output_key] = self.masker(d[key])
-        return d
 
 
 class ExtractAxialSlicesd(MapTransform):

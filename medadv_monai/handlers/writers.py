@@ -24,8 +24,10 @@ def _scalar(v: Any) -> Any:
     return torch.as_tensor(v).reshape(-1)[0].item() if isinstance(v, (torch.Tensor, float, int)) else v
 
 
-def prediction_rows(batch: Any, output: Any, pred_key: str = "pred") -> list[dict[str, Any]]:
-    """Rows ``subject, slice_index, label, probability`` of one iteration (``pred`` holds probabilities).
+def prediction_rows(batch: Any, output: Any, pred_key: str = "pred",
+                    label_key: str = "pred_label") -> list[dict[str, Any]]:
+    """Rows ``subject, slice_index, label, probability, prediction`` of one iteration (``pred`` holds
+    probabilities, ``pred_label`` the thresholded prediction; ``label`` is empty for slices without one).
 
     Accepts the engine's batch and output either collated (dicts of batched values) or decollated (lists of
     per-sample dicts, as MONAI engines leave them after postprocessing).
@@ -42,12 +44,13 @@ def prediction_rows(batch: Any, output: Any, pred_key: str = "pred") -> list[dic
             "slice_index": int(_scalar(b.get("slice_index", -1))),
             "label": "" if label == "" else int(_scalar(label)),
             "probability": float(_scalar(o[pred_key])),
+            "prediction": int(_scalar(o[label_key])) if label_key in o else "",
         })
     return rows
 
 
 class SlicePredictionWriter:
-    """Collect ``subject, slice_index, label, probability`` for every slice and write them as one CSV file.
+    """Collect ``subject, slice_index, label, probability, prediction`` for every slice and write them as one CSV.
 
     Args:
         output_file: CSV path, written atomically at ``Events.COMPLETED``.
@@ -68,7 +71,7 @@ class SlicePredictionWriter:
         self.rows += prediction_rows(engine.state.batch, engine.state.output, self.pred_key)
 
     def _write(self, engine: Engine) -> None:
-        save_csv(self.rows, self.output_file, columns=["subject", "slice_index", "label", "probability"])
+        save_csv(self.rows, self.output_file, columns=["subject", "slice_index", "label", "probability", "prediction"])
 
 
 class MetricsJSONWriter:
@@ -77,17 +80,25 @@ class MetricsJSONWriter:
     Args:
         output_file: JSON path, written atomically.
         extra: callable ``engine -> dict`` of further values to store (e.g. sample counts).
+        prefix: the split the metrics were measured on; it replaces each metric name's own prefix (the text before
+            its first ``_``), so an evaluation of the test split writes ``test_auc``, not the validation config's
+            ``val_auc`` (default: names as they are).
     """
 
-    def __init__(self, output_file: str | os.PathLike, extra: Callable[[Engine], dict] | None = None) -> None:
+    def __init__(self, output_file: str | os.PathLike, extra: Callable[[Engine], dict] | None = None,
+                 prefix: str | None = None) -> None:
         self.output_file = Path(output_file)
         self.extra = extra
+        self.prefix = prefix
+
+    def _name(self, key: str) -> str:
+        return key if self.prefix is None else f"{self.prefix}_{key.split('_', 1)[-1]}"
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        metrics = {k: float(v) if isinstance(v, (int, float)) or hasattr(v, "item") else v
+        metrics = {self._name(k): float(v) if isinstance(v, (int, float)) or hasattr(v, "item") else v
                    for k, v in engine.state.metrics.items()}
         if self.extra is not None:
             metrics.update(self.extra(engine))

@@ -1,4 +1,5 @@
-"""Networks: the slice classifier, the AdvGAN generator and discriminator, and loading them safely."""
+"""Networks: the slice classifier, the AdvGAN generator and discriminator, loading them safely, and the settings
+a trained classifier was made with."""
 
 from __future__ import annotations
 
@@ -6,15 +7,19 @@ from medadv_monai.networks.advgan import AdvGANGenerator, PatchDiscriminator
 from medadv_monai.networks.advgan_checkpoint import AdvGANSettings, load_generator_checkpoint
 from medadv_monai.networks.classifier import SliceClassifier
 from medadv_monai.networks.io import freeze, load_checkpoint, load_frozen, load_weights
+from medadv_monai.networks.model_settings import ModelSettings, classifier_config, recorded_settings
 
 __all__ = [
     "AdvGANGenerator",
     "AdvGANSettings",
+    "ModelSettings",
     "PatchDiscriminator",
     "SliceClassifier",
+    "classifier_config",
     "freeze",
     "load_checkpoint",
     "load_frozen",
     "load_generator_checkpoint",
     "load_weights",
+    "recorded_settings",
 ]
