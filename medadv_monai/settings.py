@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from medadv_monai.errors import MedAdvInputError
-from medadv_monai.utils.checks import check_eps, check_image_size, check_int
+from medadv_monai.utils.checks import check_choice, check_eps, check_image_size, check_int
 
 __all__ = ["CONFIG_IDS", "RULES", "SPLITS", "check_config", "check_settings"]
 
@@ -73,11 +73,12 @@ RULES: dict[str, tuple[Callable[[Any, str, Mapping[str, Any]], Any], str]] = {
     "eval_split": (_split, f"one of {list(SPLITS)}"),
     "infer_split": (_split, f"one of {list(SPLITS)}"),
     "eps": (_eps, "a number in [0, 1] (or a list of them: a grid)"),
+    "select_model": (lambda v, what, _: check_choice(v, ("last", "best"), what), "last or best"),
 }
 
 #: the config ids :func:`check_config` looks for (each checked where the config holds it)
 CONFIG_IDS: tuple[str, ...] = ("image_size", "batch_size", "modalities", "split", "eval_split", "infer_split", "eps",
-                               "train#trainer#max_epochs")
+                               "select_model", "train#trainer#max_epochs")
 
 
 def check_settings(settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ def test_train_writes_checkpoints_and_tensorboard(trained):
     assert state["settings"]["modalities"] == ["t2"] and state["settings"]["image_size"] == [32, 32]
     last = torch.load(models / "checkpoints" / "checkpoint_epoch=8.pt", weights_only=True)
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(last)
+    assert all(torch.equal(v, last["model"][k]) for k, v in state["model"].items())  # select_model: last
     assert last["trainer"]["iteration"] == 8 * last["trainer"]["epoch_length"]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

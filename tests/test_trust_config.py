@@ -89,6 +89,7 @@ def test_bundle_run_refuses_an_unknown_id_in_one_line(synth_dir, tmp_path):
     (["--modalities", "t2"], "modalities 't2': expected a list of names from ['t1', 't1ce', 't2', 'flair']"),
     (["--modalities", "[t2,t1c]"], "modalities ['t2', 't1c']: unknown ['t1c']"),
     (["--train#trainer#max_epochs", "0"], "train#trainer#max_epochs must be an integer >= 1, got 0"),
+    (["--select_model", "final"], "select_model: expected one of ['last', 'best'], got 'final'"),
 ])
 def test_bad_setting_is_one_line_and_exit_2(override, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -165,7 +166,8 @@ def test_workflow_checks_settings_but_not_the_command_line(tmp_path):
     wf.parser.parse(reset=True)
     assert wf.parser.get_parsed_content("initialize#1") is None
     checked = wf.parser.get_parsed_content("initialize#2")
-    assert sorted(checked) == ["all_modalities", "batch_size", "image_size", "modalities", "train#trainer#max_epochs"]
+    assert sorted(checked) == ["all_modalities", "batch_size", "image_size", "modalities", "select_model",
+                               "train#trainer#max_epochs"]
     assert checked["image_size"] == [32, 32]
     assert checked["train#trainer#max_epochs"] == wf.parser["train#trainer#max_epochs"]
 
