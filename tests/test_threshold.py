@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
 from medadv_monai.handlers import CalibrateThreshold
 from medadv_monai.metrics import youden_threshold
@@ -56,3 +56,22 @@ def test_calibrate_threshold_handler_sets_the_buffer_from_shifted_outputs():
     expected = youden_threshold(raw, labels)
     assert float(net.decision_threshold) == pytest.approx(expected, abs=1e-4)
     assert engine.state.metrics["val_threshold"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_calibrate_threshold_recomputes_the_rates_at_the_new_threshold():
+    net = SliceClassifier(in_channels=1, channels=(4, 8)).eval()
+    net.decision_threshold.fill_(5.0)  # a stale threshold: every slice was predicted negative during the run
+    raw = torch.tensor([-2.0, -1.0, 0.5, 1.0, 2.5, 3.0])
+    labels = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    engine = Engine(lambda e, b: b)
+    stale = {"val_acc": 0.5, "val_sensitivity": 0.0, "val_specificity": 1.0}
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(stale))  # as metrics do
+    CalibrateThreshold(net, recompute={"val_acc": "accuracy", "val_sensitivity": "sensitivity",
+                                       "val_specificity": "specificity"}).attach(engine)
+    engine.run([{"pred": torch.sigmoid(raw - 5.0)[:, None], "label": labels[:, None]}], max_epochs=1)
+    t = float(net.decision_threshold)
+    assert 0.5 < t <= 1.0  # separates the classes
+    assert engine.state.metrics["val_acc"] == 1.0 and engine.state.metrics["val_sensitivity"] == 1.0
+    assert engine.state.metrics["val_specificity"] == 1.0
+    with pytest.raises(ValueError, match="recompute \\['f1'\\]"):
+        CalibrateThreshold(net, recompute={"val_f1": "f1"})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from ignite.engine import Engine, Events
@@ -14,6 +14,18 @@ from medadv_monai.metrics import youden_threshold
 __all__ = ["CalibrateThreshold"]
 
 logger = logging.getLogger(__name__)
+
+
+def _fraction(hits: torch.Tensor, among: torch.Tensor) -> float:
+    return float(hits[among].float().mean()) if bool(among.any()) else float("nan")
+
+
+#: rate -> (predicted positive, truly positive) -> value
+_RATES: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
+    "accuracy": lambda p, y: float((p == y).float().mean()),
+    "sensitivity": lambda p, y: _fraction(p, y),
+    "specificity": lambda p, y: _fraction(~p, ~y),
+}
 
 
 def _per_sample(values: object) -> torch.Tensor:
@@ -35,17 +47,28 @@ class CalibrateThreshold:
     ``metric_name``. The evaluator's outputs are already shifted by the current threshold; the raw logits are
     recovered by adding it back (from probabilities when ``sigmoid`` is set, i.e. after an ``Activationsd``).
 
+    The evaluator's threshold-dependent metrics were computed during the run with the previous threshold; those
+    named in ``recompute`` are replaced by their values at the new one (the threshold the saved model carries;
+    chosen on these same slices, so they are optimistic). List this handler first among the evaluator's handlers,
+    so the loggers and writers after it see the new values.
+
     Args:
         network: the classifier (its ``decision_threshold`` buffer is set; a network without one is left alone).
         output_transform: engine output -> ``(pred, label)`` lists or tensors.
         sigmoid: the predictions are probabilities (post-sigmoid), not logits.
         metric_name: where the threshold goes in ``engine.state.metrics``.
+        recompute: ``{metric name in engine.state.metrics: "accuracy" | "sensitivity" | "specificity"}``.
     """
 
     def __init__(self, network: torch.nn.Module, output_transform: Callable = from_engine(["pred", "label"]),
-                 sigmoid: bool = True, metric_name: str = "val_threshold") -> None:
+                 sigmoid: bool = True, metric_name: str = "val_threshold",
+                 recompute: Mapping[str, str] | None = None) -> None:
         self.network, self.output_transform = network, output_transform
         self.sigmoid, self.metric_name = sigmoid, metric_name
+        unknown = sorted(set((recompute or {}).values()) - set(_RATES))
+        if unknown:
+            raise ValueError(f"CalibrateThreshold: recompute {unknown}: expected some of {sorted(_RATES)}")
+        self.recompute = dict(recompute or {})
         self.scores: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
 
@@ -69,7 +92,11 @@ class CalibrateThreshold:
         scores = torch.cat(self.scores)
         if self.sigmoid:
             scores = torch.logit(scores.clamp(1e-7, 1 - 1e-7))
-        t = youden_threshold(scores + float(current), torch.cat(self.labels))
+        logits, labels = scores + float(current), torch.cat(self.labels)
+        t = youden_threshold(logits, labels)
         current.fill_(t)
         engine.state.metrics[self.metric_name] = t
+        predicted, positive = logits >= t, labels > 0.5  # what the model predicts with t subtracted
+        for name, rate in self.recompute.items():
+            engine.state.metrics[name] = _RATES[rate](predicted, positive)
         logger.info(f"decision threshold (Youden's J on the validation split): logit {t:.4f}")
