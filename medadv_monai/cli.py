@@ -2,7 +2,7 @@
 
 ::
 
-    medadv synth    --out DIR [--subjects 16 --shape "[96,96,64]" --seed 0]   synthetic BraTS 2021 NIfTI
+    medadv synth    --out DIR [--kind anatomical --subjects 16 --shape "[96,96,64]" --seed 0]  synthetic BraTS
     medadv datalist --dataset_dir DIR --out FILE [--layout auto --seed 0]     subject-level split, MONAI datalist
     medadv cache    [--config FILE] [--dataset_dir DIR ...]                   build the slice cache of a bundle config
     medadv stats    [--config FILE] [--out FILE] [--dataset_dir DIR ...]      subjects / slices / positives per split
@@ -65,20 +65,29 @@ class Commands:
     """medadv: adversarial stress tests for brain-tumour MRI models."""
 
     def synth(self, out: str, subjects: int | None = None, shape: Sequence[int] | None = None, seed: int = 0,
-              tumour_fraction: float = 0.75, overwrite: bool = False) -> str:
+              tumour_fraction: float = 0.75, overwrite: bool = False, kind: str = "geometric") -> str:
         """Write a synthetic BraTS 2021-layout dataset (four modalities + seg per subject) to OUT.
 
-        Defaults: 40 subjects of 64x64x48 voxels (the demo's dataset).
+        KIND: geometric (default; 40 subjects of 64x64x48 voxels, the demo's dataset) or anatomical (the MNI152
+        2009 template deformed per subject, tissue contrasts of real BraTS; default 96x96x64, 240x240x155 the BraTS
+        grid at 1 mm).
         """
         from medadv_monai.data.synthetic import DEFAULT_SHAPE, DEFAULT_SUBJECTS
-        from medadv_monai.data.synthetic_dataset import make_synthetic_brats
+        from medadv_monai.utils.checks import check_choice
 
+        kind = check_choice(kind, ("geometric", "anatomical"), "kind")
+        if kind == "anatomical":
+            from medadv_monai.data.synthetic_anatomy import ANATOMY_DEFAULT_SHAPE as default_shape
+            from medadv_monai.data.synthetic_anatomy import make_anatomical_brats as make
+        else:
+            from medadv_monai.data.synthetic_dataset import make_synthetic_brats as make
+
+            default_shape = DEFAULT_SHAPE
         subjects = DEFAULT_SUBJECTS if subjects is None else subjects
-        shape = DEFAULT_SHAPE if shape is None else shape
-
-        dirs = make_synthetic_brats(out, subjects=subjects, shape=tuple(shape), seed=seed,
-                                    tumour_fraction=tumour_fraction, overwrite=overwrite)
-        return f"{len(dirs)} synthetic subjects in {out}"
+        shape = default_shape if shape is None else shape
+        dirs = make(out, subjects=subjects, shape=tuple(shape), seed=seed, tumour_fraction=tumour_fraction,
+                    overwrite=overwrite)
+        return f"{len(dirs)} synthetic subjects ({kind}) in {out}"
 
     def datalist(self, dataset_dir: str, out: str, layout: Any = "auto",
                  fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,

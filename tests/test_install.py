@@ -36,7 +36,7 @@ SHARE = Path("share") / "medadv-monai" / "bundles"
 OUTPUT_DIRS = ("models", "work", "eval", "runs")
 # the installed medadv-monai's dependencies, whose folders the new venv borrows from this environment
 DEPENDENCIES = ("torch", "monai", "ignite", "nibabel", "itk", "fire", "numpy", "scipy", "skimage", "tensorboard",
-                "yaml", "tqdm", "matplotlib", "markdown")
+                "yaml", "tqdm", "matplotlib", "markdown", "nilearn")
 
 
 def _fake_bundles(root: Path) -> Path:

@@ -32,6 +32,7 @@ from medadv_monai.data.layouts import (
 )
 from medadv_monai.data.new_volumes import find_volumes, volume_slices
 from medadv_monai.data.stats import format_statistics, split_statistics
+from medadv_monai.data.synthetic_anatomy import anatomical_subject, make_anatomical_brats
 from medadv_monai.data.synthetic_dataset import make_synthetic_brats
 from medadv_monai.data.transforms import ExtractAxialSlicesd, LoadVolumesd, SliceLabeld, ValidateVolumesd
 
@@ -58,12 +59,14 @@ __all__ = [
     "TumourMask",
     "TumourMaskd",
     "ValidateVolumesd",
+    "anatomical_subject",
     "build_datalist",
     "ensure_datalist",
     "find_subjects",
     "find_volumes",
     "format_statistics",
     "load_datalist",
+    "make_anatomical_brats",
     "make_synthetic_brats",
     "pos_weight",
     "resolve_convention",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from medadv_monai.data.synthetic import (
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.utils import atomic_dir
 
-__all__ = ["make_synthetic_brats"]
+__all__ = ["make_synthetic_brats", "write_subjects"]
 
 
 def _file_names(name: str) -> dict[str, str]:
@@ -27,13 +27,43 @@ def _file_names(name: str) -> dict[str, str]:
     return {key: f"{name}_{key}.nii.gz" for key in (*MODALITIES, "seg")}
 
 
-def _save(array: np.ndarray, path: Path) -> None:
+def _save(array: np.ndarray, path: Path, affine: np.ndarray) -> None:
     import nibabel as nib
 
-    image = nib.Nifti1Image(array, np.eye(4))
+    image = nib.Nifti1Image(array, affine)
     image.header.set_data_dtype(array.dtype)
     image.header.set_xyzt_units("mm", "sec")
     nib.save(image, str(path))
+
+
+def write_subjects(out_dir: str | os.PathLike, subjects: int, volumes_of: Callable[[int], Mapping[str, np.ndarray]],
+                   affine: np.ndarray, overwrite: bool = False) -> list[Path]:
+    """Write subjects ``0 .. subjects - 1`` of a synthetic generator in the BraTS 2021 layout.
+
+    Subject ``i`` (``volumes_of(i)``: its four modalities and seg) goes to
+    ``out_dir/BraTS2021_{i:05d}/BraTS2021_{i:05d}_{t1,t1ce,t2,flair,seg}.nii.gz`` with ``affine``, written into a
+    temporary folder next to it and renamed into place, so a folder is whole or absent. A subject folder that
+    already holds all five files is left alone unless ``overwrite`` is true.
+
+    Raises:
+        MedAdvInputError: ``out_dir`` is an existing file.
+    """
+    root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise MedAdvInputError(f"dataset folder {str(root)!r} is a file; expected a folder (new, or one that "
+                               f"holds subject folders)")
+    folders = []
+    for index in range(subjects):
+        folder = root / subject_name(index)
+        folders.append(folder)
+        names = _file_names(folder.name)
+        if not overwrite and all((folder / n).is_file() for n in names.values()):
+            continue
+        volumes = volumes_of(index)
+        with atomic_dir(folder) as tmp:
+            for key, file_name in names.items():
+                _save(volumes[key], tmp / file_name, affine)
+    return folders
 
 
 def make_synthetic_brats(
@@ -73,19 +103,6 @@ def make_synthetic_brats(
     subjects, shape3, seed, tumour_fraction, noise, bias = check_args(
         subjects, shape, seed, tumour_fraction, noise, bias
     )
-    root = Path(out_dir)
-    if root.exists() and not root.is_dir():
-        raise MedAdvInputError(f"dataset folder {str(root)!r} is a file; expected a folder (new, or one that "
-                               f"holds subject folders)")
-    folders = []
-    for index in range(subjects):
-        folder = root / subject_name(index)
-        folders.append(folder)
-        names = _file_names(folder.name)
-        if not overwrite and all((folder / n).is_file() for n in names.values()):
-            continue
-        volumes = synthetic_subject(index, shape3, seed, tumour_fraction, noise, bias)
-        with atomic_dir(folder) as tmp:
-            for key, file_name in names.items():
-                _save(volumes[key], tmp / file_name)
-    return folders
+    return write_subjects(out_dir, subjects,
+                          lambda index: synthetic_subject(index, shape3, seed, tumour_fraction, noise, bias),
+                          np.eye(4), overwrite)
