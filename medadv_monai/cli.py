@@ -3,6 +3,7 @@
 ::
 
     medadv synth    --out DIR [--kind anatomical --subjects 16 --shape "[96,96,64]" --seed 0]  synthetic BraTS
+    medadv figure   --out PNG --real SUBJECT_DIR                             anatomical synthetic beside a real one
     medadv datalist --dataset_dir DIR --out FILE [--layout auto --seed 0]     subject-level split, MONAI datalist
     medadv cache    [--config FILE] [--dataset_dir DIR ...]                   build the slice cache of a bundle config
     medadv stats    [--config FILE] [--out FILE] [--dataset_dir DIR ...]      subjects / slices / positives per split
@@ -88,6 +89,24 @@ class Commands:
         dirs = make(out, subjects=subjects, shape=tuple(shape), seed=seed, tumour_fraction=tumour_fraction,
                     overwrite=overwrite)
         return f"{len(dirs)} synthetic subjects ({kind}) in {out}"
+
+    def figure(self, out: str, real: str, seed: int = 0, shape: Sequence[int] = (240, 240, 155)) -> str:
+        """Write OUT (PNG): an anatomical synthetic subject beside the real subject folder REAL, four modalities at
+        each one's largest tumour section (BraTS 2017-2021 or 2023 names; the real data is only read)."""
+        import nibabel as nib
+        import numpy as np
+
+        from medadv_monai.data import MODALITIES, anatomical_subject, find_subjects
+        from medadv_monai.visualize.subjects import subjects_figure
+
+        _file_out(out, "synthetic_vs_real.png")
+        folder = Path(real)
+        entry = next((e for e in find_subjects(folder.parent) if e["subject"] == folder.name), None)
+        if entry is None:
+            raise MedAdvInputError(f"real {real!r}: not a subject folder with BraTS file names")
+        shown = {f"synthetic (seed {seed})": anatomical_subject(seed, 0, tuple(shape), tumour=True),
+                 f"real {folder.name}": {k: np.asarray(nib.load(entry[k]).dataobj) for k in (*MODALITIES, "seg")}}
+        return str(subjects_figure(shown, out))
 
     def datalist(self, dataset_dir: str, out: str, layout: Any = "auto",
                  fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,

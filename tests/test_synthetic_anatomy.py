@@ -183,3 +183,16 @@ def test_cli_writes_either_kind_and_refuses_another(tmp_path: Path, capsys):
     assert len(find_subjects(tmp_path / "a")) == 2
     assert main(["synth", "--out", str(tmp_path / "b"), "--kind", "phantom", "--subjects", "2"]) == 2
     assert "kind: expected one of ['geometric', 'anatomical'], got 'phantom'" in capsys.readouterr().err
+
+
+def test_figure_shows_a_synthetic_subject_beside_a_real_one(synth_dir: Path, tmp_path: Path):
+    from matplotlib.image import imread
+
+    from medadv_monai.cli import main
+
+    real = sorted(synth_dir.iterdir())[0]  # any subject folder with BraTS names stands in for a real one
+    out = tmp_path / "fig" / "synthetic_vs_real.png"
+    assert main(["figure", "--out", str(out), "--real", str(real), "--shape", "[48,48,32]"]) == 0
+    image = imread(out)
+    assert image.shape[0] > 300 and image.shape[1] > 4 * 150  # two rows of four modalities
+    assert main(["figure", "--out", str(tmp_path / "x.png"), "--real", str(tmp_path)]) == 2
