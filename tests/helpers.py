@@ -73,7 +73,7 @@ def classifier_config(dataset_dir: Path, work_dir: Path, **overrides: Any):
 def copy_subjects(src: Path, dst: Path, n: int | None = None) -> Path:
     """Copy the first ``n`` subject folders of a dataset (all without ``n``), to damage or extend them."""
     dst.mkdir(parents=True)
-    for d in sorted(src.iterdir())[:n]:
+    for d in sorted(p for p in src.iterdir() if p.is_dir())[:n]:
         shutil.copytree(d, dst / d.name)
     return dst
 

@@ -12,7 +12,7 @@ from medadv_monai.cli import main
 def test_synth_datalist_cache_stats(tmp_path, capsys):
     data = tmp_path / "data"
     assert main(["synth", "--out", str(data), "--subjects", "4", "--shape", "[32,32,16]"]) == 0
-    assert len(list(data.iterdir())) == 4
+    assert len([p for p in data.iterdir() if p.is_dir()]) == 4 and (data / "synthetic.stamp.json").is_file()
     assert main(["datalist", "--dataset_dir", str(data), "--out", str(tmp_path / "dl.json")]) == 0
     assert sum(len(v) for v in json.loads((tmp_path / "dl.json").read_text()).values()) == 4
     common = ["--dataset_dir", str(data), "--work_dir", str(tmp_path / "work"), "--image_size", "[32,32]"]

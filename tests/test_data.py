@@ -38,7 +38,7 @@ def test_datalist_brats2021(synth_dir, tmp_path):
     dl = build_datalist(synth_dir, out=out, layout="brats2021", seed=3)
     assert load_datalist(out) == dl
     entries = [e for items in dl.values() for e in items]
-    assert sorted(e["subject"] for e in entries) == sorted(p.name for p in synth_dir.iterdir())
+    assert sorted(e["subject"] for e in entries) == sorted(p.name for p in synth_dir.iterdir() if p.is_dir())
     for e in entries:
         for key in (*MODS, "seg"):
             assert Path(e[key]).name == f"{e['subject']}_{key}.nii.gz"

@@ -38,7 +38,7 @@ def test_layout_and_file_names(dataset):
     root, folders, _ = dataset
     names = [f"BraTS2021_{i:05d}" for i in range(SUBJECTS)]
     assert folders == [root / n for n in names]
-    assert sorted(p.name for p in root.iterdir()) == names  # nothing else, no temporary folders
+    assert sorted(p.name for p in root.iterdir()) == [*names, "synthetic.stamp.json"]  # no temporary folders
     for folder in folders:
         assert sorted(p.name for p in folder.iterdir()) == sorted(f"{folder.name}_{k}.nii.gz" for k in KEYS)
 

@@ -196,3 +196,19 @@ def test_figure_shows_a_synthetic_subject_beside_a_real_one(synth_dir: Path, tmp
     image = imread(out)
     assert image.shape[0] > 300 and image.shape[1] > 4 * 150  # two rows of four modalities
     assert main(["figure", "--out", str(tmp_path / "x.png"), "--real", str(tmp_path)]) == 2
+
+
+def test_a_dataset_folder_is_reused_only_for_the_generator_and_settings_that_made_it(tmp_path: Path):
+    from medadv_monai.data import make_synthetic_brats
+
+    root = tmp_path / "data"
+    make_synthetic_brats(root, subjects=2, shape=(16, 16, 12))
+    t1 = root / "BraTS2021_00000" / "BraTS2021_00000_t1.nii.gz"
+    geometric = nib.load(t1).get_fdata()
+    make_synthetic_brats(root, subjects=2, shape=(16, 16, 12))  # the same: left alone
+    np.testing.assert_array_equal(nib.load(t1).get_fdata(), geometric)
+    make_anatomical_brats(root, subjects=2, shape=SHAPE)  # another generator: written again
+    assert nib.load(t1).shape == tuple(SHAPE)
+    make_synthetic_brats(root, subjects=2, shape=(16, 16, 12), seed=1)  # another seed: written again
+    again = nib.load(t1).get_fdata()
+    assert again.shape == (16, 16, 12) and not np.array_equal(again, geometric)

@@ -392,6 +392,8 @@ def make_anatomical_brats(
     try:
         return write_subjects(out_dir, subjects, lambda index: anatomical_subject(
             seed, index, shape3, has_tumour(seed, index, tumour_fraction), noise, bias),
-            _affine(shape3, voxel_size(shape3)), overwrite)
+            _affine(shape3, voxel_size(shape3)), overwrite,
+            {"generator": "anatomical", "shape": shape3, "seed": seed, "tumour_fraction": tumour_fraction,
+             "noise": noise, "bias": bias})
     except MedAdvInputError as exc:
         raise MedAdvInputError(f"{where}: {exc}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,8 +19,9 @@ from medadv_monai.data.synthetic import (
 )
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.utils import atomic_dir
+from medadv_monai.utils.fingerprint import check_stamp, write_stamp
 
-__all__ = ["make_synthetic_brats", "write_subjects"]
+__all__ = ["STAMP", "make_synthetic_brats", "write_subjects"]
 
 
 def _file_names(name: str) -> dict[str, str]:
@@ -36,14 +38,20 @@ def _save(array: np.ndarray, path: Path, affine: np.ndarray) -> None:
     nib.save(image, str(path))
 
 
+STAMP = "synthetic.stamp.json"
+
+
 def write_subjects(out_dir: str | os.PathLike, subjects: int, volumes_of: Callable[[int], Mapping[str, np.ndarray]],
-                   affine: np.ndarray, overwrite: bool = False) -> list[Path]:
+                   affine: np.ndarray, overwrite: bool = False, description: Mapping[str, Any] | None = None,
+                   ) -> list[Path]:
     """Write subjects ``0 .. subjects - 1`` of a synthetic generator in the BraTS 2021 layout.
 
     Subject ``i`` (``volumes_of(i)``: its four modalities and seg) goes to
     ``out_dir/BraTS2021_{i:05d}/BraTS2021_{i:05d}_{t1,t1ce,t2,flair,seg}.nii.gz`` with ``affine``, written into a
     temporary folder next to it and renamed into place, so a folder is whole or absent. A subject folder that
-    already holds all five files is left alone unless ``overwrite`` is true.
+    already holds all five files is left alone unless ``overwrite`` is true, and only while ``out_dir``'s stamp
+    (:data:`STAMP`) says it was made with the same ``description`` (the generator and every setting a subject
+    depends on); otherwise every subject is written again and the stamp renewed.
 
     Raises:
         MedAdvInputError: ``out_dir`` is an existing file.
@@ -52,6 +60,9 @@ def write_subjects(out_dir: str | os.PathLike, subjects: int, volumes_of: Callab
     if root.exists() and not root.is_dir():
         raise MedAdvInputError(f"dataset folder {str(root)!r} is a file; expected a folder (new, or one that "
                                f"holds subject folders)")
+    stamp = root / STAMP
+    if description is not None and check_stamp(stamp, description):
+        overwrite = True  # made by another generator or settings, or before stamps: nothing of it is reused
     folders = []
     for index in range(subjects):
         folder = root / subject_name(index)
@@ -63,6 +74,8 @@ def write_subjects(out_dir: str | os.PathLike, subjects: int, volumes_of: Callab
         with atomic_dir(folder) as tmp:
             for key, file_name in names.items():
                 _save(volumes[key], tmp / file_name, affine)
+    if description is not None:
+        write_stamp(stamp, description)
     return folders
 
 
@@ -105,4 +118,5 @@ def make_synthetic_brats(
     )
     return write_subjects(out_dir, subjects,
                           lambda index: synthetic_subject(index, shape3, seed, tumour_fraction, noise, bias),
-                          np.eye(4), overwrite)
+                          np.eye(4), overwrite, {"generator": "geometric", "shape": shape3, "seed": seed,
+                                                 "tumour_fraction": tumour_fraction, "noise": noise, "bias": bias})
