@@ -199,7 +199,7 @@ def test_bundle_run_yaml_error_in_a_loaded_config_is_one_line(tmp_path):
 def test_disk_full_and_permission_denied_are_one_line(code, reason, tmp_path, capsys, monkeypatch):
     import medadv_monai.data.synthetic_dataset as synthetic
 
-    def fail(array, path):
+    def fail(array, path, *_):
         raise OSError(code, os.strerror(code), str(path))
 
     monkeypatch.setattr(synthetic, "_save", fail)
