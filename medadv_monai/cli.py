@@ -2,7 +2,7 @@
 
 ::
 
-    medadv synth    --out DIR [--kind anatomical --subjects 16 --shape "[96,96,64]" --seed 0]  synthetic BraTS
+    medadv synth    --out DIR [--kind geometric --subjects 16 --shape "[96,96,64]" --seed 0]   synthetic BraTS
     medadv figure   --out PNG --real SUBJECT_DIR                             anatomical synthetic beside a real one
     medadv datalist --dataset_dir DIR --out FILE [--layout auto --seed 0]     subject-level split, MONAI datalist
     medadv cache    [--config FILE] [--dataset_dir DIR ...]                   build the slice cache of a bundle config
@@ -66,12 +66,12 @@ class Commands:
     """medadv: adversarial stress tests for brain-tumour MRI models."""
 
     def synth(self, out: str, subjects: int | None = None, shape: Sequence[int] | None = None, seed: int = 0,
-              tumour_fraction: float = 0.75, overwrite: bool = False, kind: str = "geometric") -> str:
+              tumour_fraction: float = 0.75, overwrite: bool = False, kind: str = "anatomical") -> str:
         """Write a synthetic BraTS 2021-layout dataset (four modalities + seg per subject) to OUT.
 
-        KIND: geometric (default; 40 subjects of 64x64x48 voxels, the demo's dataset) or anatomical (the MNI152
-        2009 template deformed per subject, tissue contrasts of real BraTS; default 96x96x64, 240x240x155 the BraTS
-        grid at 1 mm).
+        KIND: anatomical (default, the demo's dataset: the MNI152 2009 template deformed per subject, tissue
+        contrasts of real BraTS; 40 subjects of 96x96x64 voxels, 240x240x155 the BraTS grid at 1 mm) or geometric
+        (an ellipsoid brain, 64x64x48 by default; the tests' tiny, fast data).
         """
         from medadv_monai.data.synthetic import DEFAULT_SHAPE, DEFAULT_SUBJECTS
         from medadv_monai.utils.checks import check_choice

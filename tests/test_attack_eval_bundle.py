@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -122,6 +123,19 @@ def test_outputs_report_and_resume(evaluated):
     assert "| PGD | 8.000 | none |" in report and "figures/gradcam.png" in report
     assert list((out / "runs").glob("*/events.out.tfevents.*"))
     assert "[attack grid]" in first.stdout and "[attack grid]" not in again.stdout  # the rerun resumed every cell
+    # the console: one line per cell with its rates; the cell's full summary only in the run's log file
+    assert re.search(r"\[attack grid\] \d+/\d+ pgd_eps8_seg: clean_acc [\d.]+, robust_acc [\d.]+, asr [\d.]+",
+                     first.stdout)
+    assert "Metrics --" not in first.stdout
+    (log,) = [p for p in (out / "runs").glob("*/evaluate.log") if "pgd_eps8_seg" in p.read_text()]
+    assert "'asr_lo'" in log.read_text()
+    with open(out / "summary.csv") as f:
+        for row in csv.DictReader(f):
+            if row["attack"] != "clean":  # every rate sits inside its 95% interval
+                rate, n = ("targeted_success", "n_targeted") if _bool(row["targeted"]) else ("asr", "n_asr")
+                assert _float(row[f"{rate}_lo"]) <= _float(row[rate]) <= _float(row[f"{rate}_hi"])
+                assert int(row[n]) <= int(row["n"])
+    assert "## Reproduce" in report and "classifier checkpoint" in report and str(out.parent) not in report
     with open(out / "coverage.csv") as f:
         cov = list(csv.DictReader(f))
     assert {r["cell"] for r in cov} >= {"pgd_eps8_seg", "fgsm_eps8_ring"}

@@ -39,22 +39,36 @@ def test_demo_on_tiny_settings(tmp_path, capsys):
     assert (out / "report.html").is_file()
     summary = json.loads((out / "attack_eval" / "summary.json").read_text())
     expected = headline_rows(summary)
-    table = _table(text, "| attack | mask | clean_acc")
+    table = _table(text, "| attack | mask | n | clean_acc")
     assert len(table) == len(expected) == 3 * 3  # (fgsm, pgd, advgan) x (none, seg, ring)
     assert {row[0] for row in table} == {"FGSM", "PGD", "AdvGAN"}  # display names, not registry keys
     for row, exp in zip(table, expected):
         assert row[:2] == [display_name(exp["attack"]), exp["mask"]]
-        values = [math.nan if v == "–" else float(v) for v in row[2:]]  # the table prints NaN as a dash
-        assert values == pytest.approx([v for k, v in exp.items() if k not in ("attack", "mask")], abs=5e-4,
-                                       nan_ok=True)
+        # a rate prints as "0.812 [0.74, 0.87]" (its 95% interval), NaN as a dash
+        values = [math.nan if v == "–" else float(v.split()[0]) for v in row[2:]]
+        shown = {k: v for k, v in exp.items() if k not in ("attack", "mask") and not k.endswith(("_lo", "_hi"))}
+        assert values == pytest.approx(list(shown.values()), abs=5e-4, nan_ok=True)
+        for key in ("clean_acc", "asr@8"):
+            cell = row[2 + list(shown).index(key)]
+            if exp[key] == exp[key]:  # not NaN: the interval is printed and holds the rate
+                lo, hi = (float(v) for v in cell.split("[")[1].rstrip("]").split(","))
+                assert (lo, hi) == pytest.approx((exp[f"{key}_lo"], exp[f"{key}_hi"]), abs=5e-3)
+                assert lo <= exp[key] <= hi
     cls = json.loads((out / "classifier" / "eval" / "metrics.json").read_text())
-    (cls_row,) = _table(text, "| ROC AUC")
-    assert float(cls_row[0]) == pytest.approx(cls["test_auc"], abs=5e-4)
+    (cls_row,) = _table(text, "| slices | ROC AUC")
+    assert float(cls_row[1]) == pytest.approx(cls["test_auc"], abs=5e-4)
     for figure in ("attack_eval/figures/robust_accuracy.png", "attack_eval/figures/gradcam.png",
                    "attack_eval/patch_sweep/figures/asr_by_coverage.png"):
         assert (out / figure).is_file() and figure in text
     steps = [line for line in text.splitlines() if line.startswith("| ") and line.endswith(" |")]
     assert any(line.startswith("| classifier |") for line in steps)
+    # shareable: no path of this machine, links to the HTML versions, and what made it
+    for name in ("report.md", "report.html", "attack_eval/report.md", "attack_eval/report.html"):
+        assert str(tmp_path) not in (out / name).read_text(), name
+    html = (out / "report.html").read_text()
+    assert 'href="attack_eval/report.html"' in html and 'href="attack_eval/report.md"' not in html
+    assert "## Reproduce" in text and "git commit" in text and "monai " in text
+    assert "python -m monai.bundle run --config_file" in text and "--dataset_dir data/synthetic_brats" in text
 
     capsys.readouterr()
     run_demo(out, settings=settings)  # everything is reused

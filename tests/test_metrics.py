@@ -15,6 +15,7 @@ from medadv_monai.metrics import (
     ssim,
     summarize,
     total_variation,
+    wilson_interval,
 )
 
 
@@ -60,6 +61,19 @@ def test_outcomes_and_summary_definitions():
     ts = summarize({**t, "label": labels, "target": targets}, targeted=True)
     assert t["success"].tolist() == [True, False, True, False, False]
     assert ts["targeted_success"] == 2 / 4
+    assert (s["n"], s["n_asr"], ts["n_targeted"]) == (5, 3, 4)  # the denominators the intervals are for
+    assert (s["asr_lo"], s["asr_hi"]) == pytest.approx(wilson_interval(2, 3))
+    assert (s["robust_acc_lo"], s["robust_acc_hi"]) == pytest.approx(wilson_interval(2, 5))
+    assert (ts["targeted_success_lo"], ts["targeted_success_hi"]) == pytest.approx(wilson_interval(2, 4))
+
+
+def test_wilson_interval_known_values():
+    # published values (Newcombe 1998, Table I; e.g. 0/10 -> 0 to 0.2775, 5/10 -> 0.2366 to 0.7634)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
 
 
 def test_coverage_bins():
@@ -67,6 +81,7 @@ def test_coverage_bins():
                          [True, True, True, False, True], edges=(0, 0.05, 0.5, 1.0))
     assert [b["n"] for b in bins] == [2, 0, 1]  # 1.0 is not eligible, NaN has no tumour
     assert bins[0]["asr"] == 0.5 and math.isnan(bins[1]["asr"]) and bins[2]["asr"] == 1.0
+    assert (bins[0]["asr_lo"], bins[0]["asr_hi"]) == pytest.approx(wilson_interval(1, 2))
 
 
 def test_attack_display_names_in_tables():

@@ -389,11 +389,9 @@ def make_anatomical_brats(
     except MedAdvInputError as exc:
         raise MedAdvInputError(str(exc).replace("make_synthetic_brats", where)) from None
     seed, shape3, noise, bias = _check_subject_args(seed, 0, shape, noise, bias, where)
-    try:
-        return write_subjects(out_dir, subjects, lambda index: anatomical_subject(
-            seed, index, shape3, has_tumour(seed, index, tumour_fraction), noise, bias),
-            _affine(shape3, voxel_size(shape3)), overwrite,
-            {"generator": "anatomical", "shape": shape3, "seed": seed, "tumour_fraction": tumour_fraction,
-             "noise": noise, "bias": bias})
-    except MedAdvInputError as exc:
-        raise MedAdvInputError(f"{where}: {exc}") from None
+    # write_subjects' errors name the folder or file, as make_synthetic_brats' do
+    return write_subjects(out_dir, subjects, lambda index: anatomical_subject(
+        seed, index, shape3, has_tumour(seed, index, tumour_fraction), noise, bias),
+        _affine(shape3, voxel_size(shape3)), overwrite,
+        {"generator": "anatomical", "shape": shape3, "seed": seed, "tumour_fraction": tumour_fraction,
+         "noise": noise, "bias": bias})

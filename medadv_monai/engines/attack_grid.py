@@ -19,8 +19,10 @@ be read, is recomputed (the log line says why), so one summary never mixes cells
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
+import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,7 +30,6 @@ from typing import Any
 
 import torch
 from monai.data import DataLoader, Dataset
-from monai.handlers import StatsHandler
 from monai.transforms import Compose
 
 from medadv_monai.attacks import display_name
@@ -40,20 +41,22 @@ from medadv_monai.metrics import SUMMARY_COLUMNS, coverage_bins
 from medadv_monai.utils import save_csv, save_json, save_text
 from medadv_monai.utils.checks import check_bool
 from medadv_monai.utils.fingerprint import describe, file_digest, fingerprint, read_stamp, stamp_changes, write_stamp
+from medadv_monai.utils.logs import DETAIL_LOGGER
+from medadv_monai.utils.provenance import portable_path, provenance, provenance_markdown
 from medadv_monai.visualize import (
+    attack_examples,
     gradcam_figure,
     markdown_table,
     plot_asr_by_coverage,
     plot_ranking,
     plot_robust_accuracy,
-    save_grid,
     write_html,
 )
 
 __all__ = ["DEFAULT_COVERAGE_EDGES", "AttackGridRunner"]
 
 DEFAULT_COVERAGE_EDGES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
-CELL_FORMAT = 1  # raise when a cell file's layout or meaning changes: older cells are then recomputed
+CELL_FORMAT = 2  # raise when a cell file's layout or meaning changes: older cells are then recomputed
 
 
 class AttackGridRunner:
@@ -159,12 +162,13 @@ class AttackGridRunner:
         evaluator = AttackEvaluator(device=self.device, val_data_loader=self.loader(cell.mask), network=self.network,
                                     inferer=cell.inferer(),
                                     key_val_metric={key: AttackSummary(key, prefix="", targeted=cell.targeted)},
-                                    val_handlers=[recorder, grid, StatsHandler(iteration_log=False)])
+                                    val_handlers=[recorder, grid])
         evaluator.run()
         summary = {**cell.row(), **evaluator.state.metrics}
         result = {"summary": summary, "rows": recorder.rows}
         write_stamp(self._cell_file(cell), description, **result)
-        self._log(cell, summary, grid.grid)
+        logging.getLogger(DETAIL_LOGGER).info("%s: %s", cell.label, summary)
+        self._log(cell, summary, grid)
         return result
 
     def _cell_file(self, cell: AttackCell) -> Path:
@@ -189,16 +193,17 @@ class AttackGridRunner:
             if isinstance(summary.get(key), (int, float)) and not math.isnan(summary[key]):
                 self.summary_writer.add_scalar(f"{key}/{tag}", summary[key], int(round(cell.eps * 255)))
 
-    def _log(self, cell: AttackCell, summary: Mapping[str, Any], grid: Any) -> None:
-        if grid is None or cell.attack == CLEAN:
+    def _log(self, cell: AttackCell, summary: Mapping[str, Any], grid: AttackImageGrid) -> None:
+        if grid.grid is None or cell.attack == CLEAN:
             return
         self._log_scalars(cell, summary)
         if self.summary_writer is not None:
-            self.summary_writer.add_image(f"grid/{cell.label}", grid, 0, dataformats="HW")
+            self.summary_writer.add_image(f"grid/{cell.label}", grid.grid, 0, dataformats="HW")
         if self._wants_grid(cell):
-            title = (f"{display_name(cell.name)}{' targeted' if cell.targeted else ''}, eps {cell.eps * 255:.4g}/255, "
-                     f"mask {cell.mask}: clean | adversarial | |difference|/eps | mask")
-            self.figures["grids"].append(save_grid(grid, self._grid_file(cell), title=title))
+            title = f"{display_name(cell.name)}{' targeted' if cell.targeted else ''}, eps {cell.eps * 255:.4g}/255, " \
+                    f"mask {cell.mask}"
+            self.figures["grids"].append(attack_examples(grid.samples, self._grid_file(cell), eps=cell.eps,
+                                                         title=title))
 
     def _reuse(self, cell: AttackCell, description: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
         """The finished cell if its file's stamp matches ``description``, else ``None`` and why not."""
@@ -231,9 +236,12 @@ class AttackGridRunner:
                 if self._wants_grid(cell) and grid.is_file():
                     self.figures["grids"].append(grid)
                 continue
-            print(f"[attack grid] {i + 1}/{len(self.cells)} {cell.label}" + (f" (recomputing: {why})" if why else ""),
-                  flush=True)
+            if why:
+                print(f"[attack grid] {i + 1}/{len(self.cells)} {cell.label} (recomputing: {why})", flush=True)
+            start = time.perf_counter()
             results.append(self.run_cell(cell, descriptions[cell.label]))
+            print(f"[attack grid] {i + 1}/{len(self.cells)} {_cell_line(results[-1]['summary'])} "
+                  f"({time.perf_counter() - start:.1f} s)", flush=True)
         if reused:
             print(f"attack grid: reused {reused} finished cells of {self.output_dir / 'cells'}", flush=True)
         summary = [r["summary"] for r in results]
@@ -264,17 +272,18 @@ class AttackGridRunner:
         figures: dict[str, Path | None] = {}
         if len({c.eps for c in self.cells if c.attack != CLEAN}) > 1:
             figures["robust_accuracy"] = plot_robust_accuracy(summary, out / "figures" / "robust_accuracy.png")
-        curves = {}
+        curves: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for cell in self.cells:
             if cell.attack != CLEAN and cell.mask != "none" and self._wants_grid(cell):
-                curves[cell.label] = [c for c in coverage if c["cell"] == cell.label]
+                series = f"{display_name(cell.name)} eps {cell.eps * 255:.4g}" + (" targeted" if cell.targeted else "")
+                curves.setdefault(f"mask: {cell.mask}", {})[series] = [c for c in coverage if c["cell"] == cell.label]
         ranking = None
         if self.rank_masks:
             ranking, pooled = self.ranking(summary, rows)
             save_csv(ranking, out / "ranking.csv")
             save_csv(pooled, out / "coverage_pooled.csv")
-            curves = {f"{display_name(r['attack'])} eps{r['eps_255']:g} (all masks)": [
-                p for p in pooled if p["attack"] == r["attack"] and p["eps_255"] == r["eps_255"]] for r in ranking}
+            curves = {"all masks pooled": {f"{display_name(r['attack'])} eps {r['eps_255']:g}": [
+                p for p in pooled if p["attack"] == r["attack"] and p["eps_255"] == r["eps_255"]] for r in ranking}}
             labels = [f"{r['mask']} ({display_name(r['attack'])} eps{r['eps_255']:g})" for r in ranking]
             figures["mask_ranking"] = plot_ranking(labels, [r["asr"] for r in ranking],
                                                    out / "figures" / "mask_ranking.png")
@@ -289,9 +298,10 @@ class AttackGridRunner:
         attack and budget."""
         attacked = [s for s in summary if s["attack"] != CLEAN]
         ranking = sorted(attacked, key=lambda s: (-_nan_last(s.get("asr", s.get("targeted_success"))), s["cell"]))
-        ranking = [{"rank": i + 1, **{k: s.get(k) for k in ("cell", "attack", "eps_255", "mask", "targeted", "asr",
-                    "targeted_success", "robust_acc", "mean_coverage", "mean_area", "mean_ssim") if k in s}}
-                   for i, s in enumerate(ranking)]
+        keys = ("cell", "attack", "eps_255", "mask", "targeted", "n_asr", "asr", "asr_lo", "asr_hi", "n_targeted",
+                "targeted_success", "targeted_success_lo", "targeted_success_hi", "robust_acc", "mean_coverage",
+                "mean_area", "mean_ssim")
+        ranking = [{"rank": i + 1, **{k: s[k] for k in keys if k in s}} for i, s in enumerate(ranking)]
         pooled = []
         key = lambda r: (r["attack"], r["eps_255"], r["targeted"])  # noqa: E731
         for (attack, eps, targeted), group in itertools.groupby(sorted((r for r in rows if r["attack"] != CLEAN),
@@ -325,17 +335,19 @@ class AttackGridRunner:
         """``report.md`` (and ``report.html``): the table, the plots, the grids and Grad-CAM."""
         rel = lambda p: os.path.relpath(p, self.output_dir)  # noqa: E731
         targeted = any(s["targeted"] for s in summary)
-        cols = ["attack", "eps_255", "mask", *(["targeted"] if targeted else []), "clean_acc", "robust_acc", "asr",
-                "asr_all", *(["targeted_success"] if targeted else []), "mean_linf", "mean_l2", "mean_ssim",
-                "mean_coverage"]
+        cols = ["attack", "eps_255", "mask", *(["targeted"] if targeted else []), "n", "clean_acc", "robust_acc",
+                "n_asr", "asr", "asr_all", *(["n_targeted", "targeted_success"] if targeted else []), "mean_linf",
+                "mean_l2", "mean_ssim", "mean_coverage"]
         lines = [f"# {self.title}", "",
-                 f"{len(self.dataset)} slices, {len(summary)} grid cells. ASR counts flips among clean-correct, "
-                 "attackable slices (non-empty mask); `asr_all` divides by every clean-correct slice. eps in units "
-                 "of 1/255.", "", markdown_table(summary, cols), ""]
+                 f"{len(self.dataset)} slices{f' of the {self.split} split' if self.split else ''}, {len(summary)} "
+                 "grid cells. Rates are given with their 95% Wilson interval in brackets; `n` counts the slices "
+                 "(clean and robust accuracy), `n_asr` the clean-correct attackable slices (non-empty mask) that ASR "
+                 "divides by; `asr_all` divides by every clean-correct slice. eps in units of 1/255.", "",
+                 markdown_table(summary, cols), ""]
         if ranking:
             lines += ["## Masks ranked by attack success", "",
-                      markdown_table(ranking, ["rank", "mask", "attack", "eps_255", "asr", "mean_coverage", "mean_area",
-                                               "mean_ssim"]), ""]
+                      markdown_table(ranking, ["rank", "mask", "attack", "eps_255", "n_asr", "asr", "mean_coverage",
+                                               "mean_area", "mean_ssim"]), ""]
         for name, title in (("mask_ranking", "Ranking"), ("robust_accuracy", "Robust accuracy against eps"),
                             ("asr_by_coverage", "ASR against tumour coverage"), ("gradcam", "Grad-CAM")):
             if figures.get(name):
@@ -343,6 +355,11 @@ class AttackGridRunner:
         if self.figures["grids"]:
             lines += ["## Examples (clean | adversarial | |difference|/eps | mask)", ""]
             lines += [f"![grid]({rel(p)})" for p in self.figures["grids"]] + [""]
+        ckpt, checkpoint = self.classifier_ckpt, "given as a network"
+        if ckpt and Path(ckpt).is_file():
+            checkpoint = f"{portable_path(ckpt, self.output_dir)} (sha256 {file_digest(ckpt).split(':')[-1][:16]})"
+        lines.append(provenance_markdown(provenance(self.output_dir, seed=self.seed, split=self.split,
+                                                    batch_size=self.batch_size, classifier_checkpoint=checkpoint)))
         text = "\n".join(lines)
         path = save_text(text, self.output_dir / "report.md")
         write_html(text, self.output_dir / "report.html", title=self.title)
@@ -356,6 +373,12 @@ def _settings(description: Any) -> Any:
     if isinstance(description, list):
         return [_settings(v) for v in description]
     return description
+
+
+def _cell_line(summary: Mapping[str, Any]) -> str:
+    """A cell's console line: its label and headline rates."""
+    keys = ("clean_acc", "robust_acc", "targeted_success" if summary.get("targeted") else "asr")
+    return f"{summary['cell']}: " + ", ".join(f"{k} {summary[k]:.3f}" for k in keys if k in summary)
 
 
 def _nan_last(v: Any) -> float:

@@ -15,6 +15,7 @@ from medadv_monai.metrics.core import (
     summarize,
     summarize_columns,
     total_variation,
+    wilson_interval,
     youden_threshold,
 )
 from medadv_monai.metrics.keys import (
@@ -50,5 +51,6 @@ __all__ = [
     "summarize",
     "summarize_columns",
     "total_variation",
+    "wilson_interval",
     "youden_threshold",
 ]

@@ -17,6 +17,10 @@ Outcomes and summaries (means over samples, never over batches):
 - untargeted ``asr``: flipped / clean-correct, counting only attackable samples (mask not empty); ``asr_all``:
   flipped / all clean-correct samples (the reference code's definition);
 - targeted ``targeted_success``: reached target / attackable samples whose label is not the target.
+
+Each of these rates comes with its denominator (``n``, ``n_asr``, ``n_targeted``) and a 95% Wilson score interval
+(``<rate>_lo``, ``<rate>_hi``; :func:`wilson_interval`), which stays inside [0, 1] and is sound for rates near 0 or 1
+and for small counts, where the normal approximation is not.
 """
 
 from __future__ import annotations
@@ -45,8 +49,12 @@ __all__ = [
     "summarize_columns",
     "total_variation",
     "ssim",
+    "wilson_interval",
     "youden_threshold",
 ]
+
+CONFIDENCE_Z = 1.959963984540054
+"""The standard normal quantile of a two-sided 95% interval."""
 
 
 
@@ -144,6 +152,28 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den else math.nan
 
 
+def wilson_interval(successes: float, n: float, z: float = CONFIDENCE_Z) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion ``successes / n`` (95% with the default ``z``).
+
+    :math:`\\frac{\\hat p + z^2/2n \\pm z \\sqrt{\\hat p (1 - \\hat p)/n + z^2/4n^2}}{1 + z^2/n}`; ``(nan, nan)``
+    when ``n`` is 0.
+    """
+    if n <= 0:
+        return math.nan, math.nan
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    den = 1 + z * z / n
+    # the interval holds p exactly (rounding can put a bound a hair past p = 0 or 1)
+    return max(0.0, min(p, (centre - half) / den)), min(1.0, max(p, (centre + half) / den))
+
+
+def _rate(out: dict[str, float], name: str, successes: float, n: float) -> None:
+    """``out[name]`` = successes / n, with its Wilson interval as ``name_lo`` and ``name_hi``."""
+    out[name] = _ratio(successes, n)
+    out[f"{name}_lo"], out[f"{name}_hi"] = wilson_interval(successes, n)
+
+
 def summarize(per_sample: Mapping[str, Any], targeted: bool = False) -> dict[str, float]:
     """Summary over samples of per-sample outcomes and metrics.
 
@@ -155,24 +185,25 @@ def summarize(per_sample: Mapping[str, Any], targeted: bool = False) -> dict[str
     Returns:
         ``n``, ``n_attackable``, ``clean_acc``, ``robust_acc``, then ``asr`` and ``asr_all`` (untargeted) or
         ``targeted_success`` (targeted; needs ``label`` and ``target``), and ``mean_<k>`` for every perturbation
-        metric given (NaN-ignoring; NaN when no value).
+        metric given (NaN-ignoring; NaN when no value). ``clean_acc``, ``robust_acc``, ``asr`` and
+        ``targeted_success`` come with their 95% Wilson interval (``_lo``, ``_hi``) and ``asr`` and
+        ``targeted_success`` with their denominator (``n_asr``, ``n_targeted``).
     """
     col = {k: torch.as_tensor(per_sample[k]) for k in OUTCOME_KEYS}
     clean, adv = col["clean_correct"].bool(), col["adv_correct"].bool()
     ok, success = col["attackable"].bool(), col["success"].bool()
     n = len(clean)
-    out: dict[str, float] = {
-        "n": n,
-        "n_attackable": int(ok.sum()),
-        "clean_acc": _ratio(float(clean.sum()), n),
-        "robust_acc": _ratio(float(adv.sum()), n),
-    }
+    out: dict[str, float] = {"n": n, "n_attackable": int(ok.sum())}
+    _rate(out, "clean_acc", float(clean.sum()), n)
+    _rate(out, "robust_acc", float(adv.sum()), n)
     if targeted:
         labels = torch.as_tensor(per_sample[LABEL_KEY]).reshape(-1)
         targets = torch.as_tensor(per_sample[TARGET_KEY]).reshape(-1)
-        out["targeted_success"] = _ratio(float(success.sum()), float((ok & (labels != targets)).sum()))
+        out["n_targeted"] = int((ok & (labels != targets)).sum())
+        _rate(out, "targeted_success", float(success.sum()), out["n_targeted"])
     else:
-        out["asr"] = _ratio(float(success.sum()), float((clean & ok).sum()))
+        out["n_asr"] = int((clean & ok).sum())
+        _rate(out, "asr", float(success.sum()), out["n_asr"])
         out["asr_all"] = _ratio(float((clean & ~adv).sum()), float(clean.sum()))
     for key in PERTURBATION_KEYS:
         if key in per_sample:
@@ -235,7 +266,8 @@ def coverage_bins(
     edges: Sequence[float] = (0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0),
 ) -> list[dict[str, float]]:
     """ASR by coverage bin: for each ``[lo, hi)`` bin (the last one closed) the eligible samples (clean-correct
-    and attackable, with a tumour) whose coverage falls in it, and the share of them the attack flipped."""
+    and attackable, with a tumour) whose coverage falls in it (``n``), the share of them the attack flipped
+    (``asr``) and its 95% Wilson interval (``asr_lo``, ``asr_hi``)."""
     cov = torch.as_tensor(coverage, dtype=torch.float64).reshape(-1)
     suc = torch.as_tensor(success).reshape(-1).bool()
     ok = torch.as_tensor(eligible).reshape(-1).bool() & ~torch.isnan(cov)
@@ -244,8 +276,9 @@ def coverage_bins(
         last = i == len(edges) - 2
         inside = ok & (cov >= lo) & ((cov <= hi) if last else (cov < hi))
         k = int(inside.sum())
-        rows.append({"bin_lo": float(lo), "bin_hi": float(hi), "n": k,
-                     "asr": _ratio(float((suc & inside).sum()), k)})
+        row = {"bin_lo": float(lo), "bin_hi": float(hi), "n": k}
+        _rate(row, "asr", float((suc & inside).sum()), k)
+        rows.append(row)
     return rows
 
 

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from medadv_monai.visualize.figures import (
     adversarial_grid,
+    attack_examples,
     gradcam_figure,
     plot_asr_by_coverage,
     plot_ranking,
     plot_robust_accuracy,
-    save_grid,
 )
 from medadv_monai.visualize.report import markdown_table, write_html
 
 __all__ = [
     "adversarial_grid",
+    "attack_examples",
     "gradcam_figure",
     "markdown_table",
     "plot_asr_by_coverage",
     "plot_ranking",
     "plot_robust_accuracy",
-    "save_grid",
     "write_html",
 ]

@@ -18,10 +18,11 @@ import torch  # noqa: E402
 from medadv_monai.attacks.registry import display_name  # noqa: E402
 from medadv_monai.utils import atomic_path  # noqa: E402
 
-__all__ = ["adversarial_grid", "save_grid", "plot_robust_accuracy", "plot_asr_by_coverage", "plot_ranking",
-           "gradcam_figure", "gradcam_maps", "gradcam_plot"]
+__all__ = ["DIFFERENCE_CMAP", "adversarial_grid", "attack_examples", "plot_robust_accuracy", "plot_asr_by_coverage",
+           "plot_ranking", "gradcam_figure", "gradcam_maps", "gradcam_plot"]
 
 GRADCAM_CMAP = "jet"  # blue: no attribution, red: the highest
+DIFFERENCE_CMAP = "magma"  # black: unchanged, white: changed by the full budget
 
 
 def adversarial_grid(x: torch.Tensor, x_adv: torch.Tensor, mask: torch.Tensor | None, n: int = 4,
@@ -44,14 +45,54 @@ def _save(fig: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def save_grid(grid: np.ndarray, path: str | os.PathLike, title: str = "") -> Path:
-    """Save an :func:`adversarial_grid` as a PNG with column titles."""
-    fig, ax = plt.subplots(figsize=(6, 1.6 * grid.shape[0] / grid.shape[1] * 4 + 0.6))
-    ax.imshow(grid, cmap="gray", vmin=0, vmax=1)
-    w = grid.shape[1] / 4
-    ax.set_xticks([w * (i + 0.5) for i in range(4)], ["clean", "adversarial", "|difference|", "mask"])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=9)
+def attack_examples(samples: Mapping[str, Any], path: str | os.PathLike, eps: float | None = None,
+                    title: str = "") -> Path:
+    """Save a figure of attacked samples: one row per sample, columns clean | adversarial | |difference| | mask.
+
+    Each row names the slice and its true class; the clean and adversarial columns give the model's prediction
+    and its tumour probability (red when the attack flipped a correct prediction); the difference column is
+    :math:`|x' - x|` in units of ``eps`` (its largest allowed value; without ``eps`` the largest difference) on
+    a colour scale with its bar. The first channel is shown.
+
+    Args:
+        samples: what :class:`~medadv_monai.handlers.AttackImageGrid` keeps: ``image``, ``adv`` ``(n, H, W)``,
+            ``mask`` ``(n, H, W)`` or ``None``, and ``rows``: per sample ``subject``, ``slice_index``, ``label``,
+            ``clean_prob``, ``clean_pred``, ``adv_prob``, ``adv_pred``.
+        path: the PNG to write.
+        eps: the attack's budget.
+        title: the figure's title.
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    x, x_adv = np.asarray(samples["image"], dtype=float), np.asarray(samples["adv"], dtype=float)
+    mask = samples.get("mask")
+    diff = np.abs(x_adv - x)
+    scale = eps if eps else float(diff.max()) or 1.0
+    n = len(x)
+    cls = lambda v: "tumour" if int(v) else "no tumour"  # noqa: E731
+    fig = plt.figure(figsize=(8.0, 1.9 * n + 0.7))
+    grid = fig.add_gridspec(n, 5, width_ratios=[1, 1, 1, 0.06, 1], wspace=0.25)
+    axes = np.array([[fig.add_subplot(grid[i, c]) for c in (0, 1, 2, 4)] for i in range(n)]).reshape(n, 4)
+    for i, row in enumerate(samples["rows"]):
+        flipped = int(row["clean_pred"]) == int(row["label"]) and int(row["adv_pred"]) != int(row["label"])
+        panels = [(x[i], "gray", f"clean: {cls(row['clean_pred'])}\np(tumour) {float(row['clean_prob']):.2f}",
+                   "black"),
+                  (x_adv[i], "gray", f"adversarial: {cls(row['adv_pred'])}\np(tumour) {float(row['adv_prob']):.2f}",
+                   "red" if flipped else "black"),
+                  (diff[i] / scale, DIFFERENCE_CMAP, "|difference|", "black"),
+                  (np.ones_like(x[i]) if mask is None else np.asarray(mask[i], dtype=float), "gray", "attack mask",
+                   "black")]
+        for ax, (image, cmap, label, colour) in zip(axes[i], panels):
+            ax.imshow(image, cmap=cmap, vmin=0, vmax=1)
+            ax.set_title(label, fontsize=7, color=colour)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[i][0].set_ylabel(f"{row['subject']}\nz={int(row['slice_index'])}, {cls(row['label'])}", fontsize=7)
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=DIFFERENCE_CMAP), cax=fig.add_subplot(grid[:, 3]))
+    bar.set_label("|x' - x| / eps" if eps else f"|x' - x| / {scale:.3g}", fontsize=7)
+    bar.ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=8)
     return _save(fig, path)
 
 
@@ -76,20 +117,39 @@ def plot_robust_accuracy(rows: Sequence[Mapping[str, Any]], path: str | os.PathL
     return _save(fig, path)
 
 
-def plot_asr_by_coverage(curves: Mapping[str, Sequence[Mapping[str, float]]], path: str | os.PathLike) -> Path:
-    """ASR against tumour coverage: one line per cell, over the bins of :func:`medadv_monai.metrics.coverage_bins`."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for name, bins in curves.items():
-        pts = [((b["bin_lo"] + b["bin_hi"]) / 2, b["asr"]) for b in bins if b["n"] and not math.isnan(b["asr"])]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=name)
-    ax.set_xlabel("coverage of the tumour by the mask")
-    ax.set_ylabel("attack success rate")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    if curves:
-        ax.legend(fontsize=7, ncol=2)
+def plot_asr_by_coverage(panels: Mapping[str, Mapping[str, Sequence[Mapping[str, float]]]],
+                         path: str | os.PathLike) -> Path:
+    """ASR against tumour coverage: one panel per entry of ``panels`` (e.g. per mask), one line per series (e.g. per
+    attack) over the bins of :func:`medadv_monai.metrics.coverage_bins`, with its 95% interval as error bars where
+    the bins have one (``asr_lo``, ``asr_hi``). Only bins with samples are drawn, series that share a bin side by
+    side; each panel's coverage axis spans its bins."""
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.4), squeeze=False,
+                             sharey=True)
+    for ax, (name, series) in zip(axes[0], panels.items()):
+        drawn = []
+        for k, (label, bins) in enumerate(series.items()):
+            kept = [b for b in bins if b["n"] and not math.isnan(b["asr"])]
+            if not kept:
+                continue
+            drawn += [(b["bin_lo"], b["bin_hi"]) for b in kept]
+            width = kept[0]["bin_hi"] - kept[0]["bin_lo"]
+            shift = (k - (len(series) - 1) / 2) * 0.06 * width  # side by side where series share a bin
+            mid = [(b["bin_lo"] + b["bin_hi"]) / 2 + shift for b in kept]
+            asr = [b["asr"] for b in kept]
+            err = None
+            if all("asr_lo" in b for b in kept):
+                err = [[max(0.0, a - b["asr_lo"]) for a, b in zip(asr, kept)],
+                       [max(0.0, b["asr_hi"] - a) for a, b in zip(asr, kept)]]
+            ax.errorbar(mid, asr, yerr=err, marker="o", capsize=3, label=label)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("coverage of the tumour by the mask")
+        if drawn:  # the bins this panel has slices in
+            ax.set_xlim(min(lo for lo, _ in drawn), max(hi for _, hi in drawn))
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        if series:
+            ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("attack success rate (95% interval)")
     return _save(fig, path)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,25 +23,37 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+def _show(row: Mapping[str, Any], column: str) -> str:
+    value = row.get(column, "")
+    if column == "attack":
+        return display_name(value)
+    lo, hi = row.get(f"{column}_lo"), row.get(f"{column}_hi")
+    if isinstance(value, float) and isinstance(lo, float) and isinstance(hi, float) and not math.isnan(lo):
+        return f"{value:.3f} [{lo:.2f}, {hi:.2f}]"
+    return _cell(value)
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
                    headers: Sequence[str] | None = None) -> str:
-    """A markdown table of ``rows`` with the given ``columns`` (floats to 3 decimals, NaN as a dash; an ``attack``
-    column shows the attacks' display names, e.g. MI-FGSM for ``mifgsm``)."""
+    """A markdown table of ``rows`` with the given ``columns``: floats to 3 decimals, NaN as a dash; a rate whose
+    row also has ``<column>_lo`` and ``<column>_hi`` (a 95% interval, :func:`~medadv_monai.metrics.wilson_interval`)
+    as ``0.812 [0.74, 0.87]``; an ``attack`` column with the attacks' display names (MI-FGSM for ``mifgsm``)."""
     headers = list(headers or columns)
-    show = lambda c, v: display_name(v) if c == "attack" else _cell(v)  # noqa: E731
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(show(c, r.get(c, "")) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(_show(r, c) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
 def write_html(markdown_text: str, path: str | os.PathLike, title: str = "report") -> Path:
-    """Render markdown (tables, images) to a standalone HTML file next to its images."""
+    """Render markdown (tables, images) to a standalone HTML file next to its images; links to other reports
+    (relative ``*.md`` files, which are written beside their ``*.html`` version) point at the HTML version."""
     import markdown
 
     body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
+    body = re.sub(r'href="(?![a-z]+://)([^"]+)\.md"', r'href="\1.html"', body)
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
-             "img{max-width:100%}code,pre{background:#f5f5f5}")
+             "img{max-width:100%}code,pre{background:#f5f5f5}pre{overflow-x:auto;white-space:pre}")
     html = f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>" \
            f"</head><body>{body}</body></html>\n"
     return save_text(html, path)
