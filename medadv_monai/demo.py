@@ -129,7 +129,8 @@ def run_demo(
         dataset_dir: a BraTS 2021 folder to use instead of synthetic data.
         redo: run every step again even if it finished before.
         settings: what to run (default: :class:`DemoSettings`).
-        verbose: show the bundles' INFO logs (every iteration) instead of progress lines only.
+        verbose: configure logging with the bundles' logging.conf (INFO lines of the engines and handlers on the
+            console); the per-iteration lines stay in each run's log file either way.
     """
     from medadv_monai.bundle import load_bundle_config
     from medadv_monai.data import make_anatomical_brats, split_statistics
