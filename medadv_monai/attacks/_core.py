@@ -106,6 +106,12 @@ class _Objective:
         self.y_stats = y_stats
         self._checked = False
         self._bce = False
+        self._surrogate: LossFn | None = None
+
+    def use_loss(self, fn: LossFn) -> None:
+        """Use ``fn(output, labels) -> (N,)`` instead of the default CE / BCE, after the default checks of the
+        output and labels (an attack's own loss on validated ``(N, K)`` logits, e.g. APGD's DLR)."""
+        self._surrogate = fn
 
     def _check_output(self, out: Any) -> None:
         n = self.n
@@ -143,11 +149,17 @@ class _Objective:
     def _loss(self, out: Any) -> torch.Tensor:
         if self.loss_fn is not None:
             return self.loss_fn(out, self.y)
+        if self._surrogate is not None:
+            return self._surrogate(out, self.y)
         if self._bce:
             return F.binary_cross_entropy_with_logits(out[:, 0], self.y, reduction="none")
         return F.cross_entropy(out, self.y, reduction="none")
 
     def __call__(self, x_adv: torch.Tensor) -> torch.Tensor:
+        return self.evaluate(x_adv)[0]
+
+    def evaluate(self, x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """The gradient of :math:`\\sum_n L_n`, the per-sample loss ``(N,)`` and the model output, all detached."""
         xr = x_adv.detach().requires_grad_(True)
         with grad_context():
             out = self.model(xr)
@@ -162,7 +174,7 @@ class _Objective:
                     )
                 self._checked = True
             (g,) = torch.autograd.grad(loss.sum(), xr)
-        return g
+        return g, loss.detach(), out.detach() if isinstance(out, torch.Tensor) else out
 
 
 def _check_labels(y: Any, n: int, x: torch.Tensor) -> tuple[torch.Tensor, tuple[float, float, float | None]]:
