@@ -71,3 +71,17 @@ def test_dlr_known_value_and_class_limits():
     with pytest.raises(MedAdvInputError, match="at least 4 classes"):
         apgd(Linear(3), _x(2), torch.tensor([0, 1]), eps=EPS, steps=2, loss="dlr", targeted=True,
              targets=torch.tensor([1, 2]))
+
+
+def test_apgd_through_the_registry_and_the_inferer():
+    from medadv_monai.attacks import AdversarialInferer, display_name, run_attack
+
+    model = Linear(1)
+    x, y = _x(4), torch.tensor([1, 0, 1, 0])
+    assert display_name("apgd") == "APGD"
+    adv = run_attack("apgd", model, x, y, eps=EPS, steps=5)
+    assert ((adv - x).abs() <= EPS + 1e-6).all()
+    inferer = AdversarialInferer("apgd", eps=EPS, steps=5)
+    torch.testing.assert_close(inferer.perturb(x, model, labels=y), adv)
+    targeted = AdversarialInferer("apgd", targeted=True, eps=EPS, steps=5).perturb(x, model, targets=1 - y)
+    assert ((targeted - x).abs() <= EPS + 1e-6).all()

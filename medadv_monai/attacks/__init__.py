@@ -1,7 +1,8 @@
 """Gradient-sign adversarial attacks with per-voxel budget masks, and their MONAI wrappers.
 
 Attacks (one small module each, all thin loops over :mod:`medadv_monai.attacks._core`):
-:func:`fgsm`, :func:`bim`, :func:`pgd`, :func:`mifgsm`, and :func:`advgan` (a trained generator, one pass). Look them
+:func:`fgsm`, :func:`bim`, :func:`pgd`, :func:`mifgsm`, :func:`apgd` (auto-PGD, CE or DLR loss) and :func:`advgan`
+(a trained generator, one pass). Look them
 up by name with :func:`get_attack` or run
 them with the default budget via :func:`run_attack`. MONAI integration: :class:`AdversarialPerturb`,
 :class:`AdversarialPerturbd` (transforms), :class:`AdversarialInferer` and :class:`PrepareAttackBatch`
@@ -14,6 +15,7 @@ import importlib
 from typing import Any
 
 from medadv_monai.attacks.advgan import advgan, advgan_delta, apply_delta
+from medadv_monai.attacks.apgd import apgd
 from medadv_monai.attacks.bim import bim
 from medadv_monai.attacks.fgsm import fgsm
 from medadv_monai.attacks.mifgsm import mifgsm
@@ -44,6 +46,7 @@ __all__ = [
     "PrepareAttackBatch",
     "advgan",
     "advgan_delta",
+    "apgd",
     "apply_delta",
     "attack_kwargs",
     "available_attacks",

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from medadv_monai.attacks.advgan import advgan
+from medadv_monai.attacks.apgd import apgd
 from medadv_monai.attacks.bim import bim
 from medadv_monai.attacks.fgsm import fgsm
 from medadv_monai.attacks.mifgsm import mifgsm
@@ -32,12 +33,14 @@ __all__ = [
 
 AttackFn = Callable[..., torch.Tensor]
 
-ATTACKS: Mapping[str, AttackFn] = {"fgsm": fgsm, "bim": bim, "pgd": pgd, "mifgsm": mifgsm, "advgan": advgan}
+ATTACKS: Mapping[str, AttackFn] = {"fgsm": fgsm, "bim": bim, "pgd": pgd, "mifgsm": mifgsm, "apgd": apgd,
+                                   "advgan": advgan}
 """Canonical name -> attack function."""
 
 _ALIASES = {"ifgsm": "bim", "mi": "mifgsm", "mim": "mifgsm"}
 
-DISPLAY_NAMES: Mapping[str, str] = {"fgsm": "FGSM", "bim": "BIM", "pgd": "PGD", "mifgsm": "MI-FGSM", "advgan": "AdvGAN"}
+DISPLAY_NAMES: Mapping[str, str] = {"fgsm": "FGSM", "bim": "BIM", "pgd": "PGD", "mifgsm": "MI-FGSM", "apgd": "APGD",
+                                    "advgan": "AdvGAN"}
 """Canonical name -> the name tables, plots and reports show."""
 
 DEFAULT_EPS = 8 / 255
