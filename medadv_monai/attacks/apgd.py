@@ -120,9 +120,8 @@ def apgd(
     sign = setup.sign
     n = setup.x.shape[0]
     view = (n,) + (1,) * (setup.x.ndim - 1)
-    e = setup.budget if not isinstance(setup.budget, torch.Tensor) else None
-    eta = torch.full(view, 2.0 * float(e), device=setup.x.device, dtype=setup.x.dtype) if e is not None else \
-        2.0 * setup.budget.amax(dim=tuple(range(1, setup.x.ndim)), keepdim=True).expand(view).clone()
+    budget = torch.as_tensor(setup.budget, dtype=setup.x.dtype, device=setup.x.device).expand(setup.x.shape)
+    eta = 2.0 * budget.amax(dim=tuple(range(1, setup.x.ndim)), keepdim=True)  # per sample: 2 eps (its largest m)
 
     def project(t: torch.Tensor) -> torch.Tensor:
         return torch.clamp(t, setup.lo, setup.hi)
