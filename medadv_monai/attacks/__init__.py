@@ -18,6 +18,7 @@ from medadv_monai.attacks.advgan import advgan, advgan_delta, apply_delta
 from medadv_monai.attacks.apgd import apgd
 from medadv_monai.attacks.bim import bim
 from medadv_monai.attacks.fgsm import fgsm
+from medadv_monai.attacks.margin import as_two_logits, margin
 from medadv_monai.attacks.mifgsm import mifgsm
 from medadv_monai.attacks.pgd import pgd
 from medadv_monai.attacks.registry import (
@@ -48,6 +49,7 @@ __all__ = [
     "advgan_delta",
     "apgd",
     "apply_delta",
+    "as_two_logits",
     "attack_kwargs",
     "available_attacks",
     "bim",
@@ -55,6 +57,7 @@ __all__ = [
     "display_name",
     "fgsm",
     "get_attack",
+    "margin",
     "mifgsm",
     "pgd",
     "run_attack",

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from medadv_monai.attacks._core import LossFn, grad_context, prepare
 from medadv_monai.attacks.checks import check_steps
+from medadv_monai.attacks.margin import as_two_logits
 from medadv_monai.errors import MedAdvInputError
 
 __all__ = ["APGD_LOSSES", "apgd", "apgd_checkpoints", "dlr_loss"]
@@ -61,15 +62,6 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None
         return -(z_y - others) / (srt[:, 0] - srt[:, 2] + 1e-12)
     z_t = logits.gather(1, targets.reshape(-1, 1))[:, 0]
     return -(z_y - z_t) / (srt[:, 0] - (srt[:, 2] + srt[:, 3]) / 2 + 1e-12)
-
-
-def _two_logits(model: Callable[[torch.Tensor], Any]) -> Callable[[torch.Tensor], Any]:
-    def wrapped(x: torch.Tensor) -> Any:
-        out = model(x)
-        if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] == 1:
-            return torch.cat([torch.zeros_like(out), out], dim=1)
-        return out
-    return wrapped
 
 
 @grad_context()
@@ -111,7 +103,7 @@ def apgd(
     if dlr_targeted and targets is None:
         raise MedAdvInputError("targeted DLR needs targets (y holds the true labels)")
     # targeted DLR is maximised (it rises as z_t overtakes z_y), so it runs as an ascent
-    setup = prepare(_two_logits(model), x, y, eps=eps, targeted=targeted and not dlr_targeted, mask=mask,
+    setup = prepare(lambda t: as_two_logits(model(t)), x, y, eps=eps, targeted=targeted and not dlr_targeted, mask=mask,
                     loss_fn=loss_fn)
     objective = setup.objective
     if loss == "dlr" and loss_fn is None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medadv_monai.attacks.margin import margin
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.metrics import total_variation
 from medadv_monai.utils.checks import check_choice, check_nonneg
@@ -103,13 +104,11 @@ def attack_loss(
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise MedAdvInputError(f"attack loss: model output must be (N, 1) or (N, K) logits, got {shape}")
     y = class_ids(labels, logits, "attack loss targets" if targeted else "attack loss labels")
-    if logits.shape[1] == 1:
-        sign = (2 * y - 1).to(logits.dtype)
-        g = (-sign if targeted else sign) * logits[:, 0]
+    if kind == "cw" or logits.shape[1] == 1:  # with two logits (0, z) the log-sum-exp of the rest is its one logit
+        g = margin(logits, y, targeted)
     else:
         own = logits.gather(1, y[:, None])[:, 0]
-        rest = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
-        other = rest.amax(dim=1) if kind == "cw" else rest.logsumexp(dim=1)
+        other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).logsumexp(dim=1)
         g = other - own if targeted else own - other
     return torch.clamp(g + kappa, min=0.0) if kind == "cw" else F.softplus(g)
 
