@@ -33,4 +33,7 @@ constraints="$venv/constraints.txt"
 "$py" -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$constraints"
 echo "[bootstrap] installing medadv-monai (editable) with $(cat "$constraints")"
 pip install -c "$constraints" -e "$root[test]"
+# torchattacks, a test-only reference for cross-checks: without its dependencies (its requests~=2.25.1 pin conflicts
+# with nilearn's requests>=2.33; attacking needs only torch, numpy and scipy, installed above)
+pip install --no-deps "torchattacks==3.5.1"
 echo "$want" > "$stamp"

@@ -26,6 +26,7 @@ def _one_thread():
 
 
 ATTACK_NAMES = ("fgsm", "bim", "pgd", "mifgsm")
+V2_NAMES = ("apgd", "cwl2", "square", "autoattack")  # attack suite v2: the same invariants, their own known answers
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -55,6 +56,12 @@ def call_attack(name: str, model, x, y, eps, *, alpha=None, steps=3, init_delta=
     fn = get_attack(name)
     if name == "fgsm":
         return fn(model, x, y, eps=eps, **kw)
+    if name in V2_NAMES:  # small budgets; a fresh seeded generator per call, so a sample alone draws as in a batch
+        small = {"apgd": {"steps": steps}, "cwl2": {"steps": steps, "binary_steps": 2},
+                 "square": {"queries": 8, "generator": torch.Generator().manual_seed(0)},
+                 "autoattack": {"steps": steps, "n_targets": 2, "queries": 8,
+                                "generator": torch.Generator().manual_seed(0)}}[name]
+        return fn(model, x, y, eps=eps, **small, **kw)
     alpha = alpha if alpha is not None else 0.4 * eps if not isinstance(eps, torch.Tensor) else 0.4 * eps + 1e-3
     if isinstance(alpha, float) and alpha <= 0:
         alpha = 1e-3
@@ -71,7 +78,7 @@ def attack_cases(draw):
     dims = draw(st.sampled_from([2, 3]))
     spatial = (4, 4) if dims == 2 else (3, 4, 4)
     return dict(
-        name=draw(st.sampled_from(ATTACK_NAMES)),
+        name=draw(st.sampled_from(ATTACK_NAMES + V2_NAMES)),
         dims=dims,
         spatial=spatial,
         n=draw(st.integers(1, 3)),
@@ -99,7 +106,7 @@ def _mask_for(kind: str | None, soft: bool, n: int, c: int, spatial, g: torch.Ge
     return hard * torch.rand(shape, generator=g).to(dtype)  # soft values, exact zeros where hard == 0
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(attack_cases())
 def test_attack_properties(case: dict[str, Any]) -> None:
     g = torch.Generator().manual_seed(case["seed"])
@@ -265,6 +272,56 @@ def test_eps_zero_returns_x_exactly(name: str) -> None:
     x = torch.rand(4, 1, 8, 8)
     out = run_attack(name, model, x, torch.tensor([0, 1, 1, 0]), eps=0.0)
     assert torch.equal(out, x)
+
+
+@pytest.mark.parametrize("name", ["bim", "pgd", "mifgsm", "apgd"])
+def test_early_stop_freezes_fooled_samples_at_their_first_fooling_iterate(name: str) -> None:
+    # z = w.x + b on a linear model: a sign step of alpha moves z by alpha ||w||_1, so from z(x) = 2.5 alpha ||w||_1
+    # the third step fools the model; with early_stop the sample stays there, without it it walks on to the corner
+    model, w = linear_model()
+    x = torch.full((4, 1, 8, 8), 0.5)
+    alpha, steps = 0.005, 10
+    dz = alpha * float(w.abs().sum())
+    with torch.no_grad():
+        model[1].bias.add_(-model(x)[0, 0] + 2.5 * dz)
+    y = torch.ones(4)
+    kw: dict[str, Any] = {"steps": steps} if name == "apgd" else {"alpha": alpha, "steps": steps}
+    if name == "pgd":
+        kw["random_start"] = False
+    full = get_attack(name)(model, x, y, eps=alpha * steps, **kw)
+    early = get_attack(name)(model, x, y, eps=alpha * steps, early_stop=True, **kw)
+    with torch.no_grad():
+        z_full, z_early = model(full)[:, 0], model(early)[:, 0]
+    assert bool((z_early <= 0).all()) and bool((z_full <= z_early + 1e-6).all())
+    if name != "apgd":  # APGD's first step (2 eps) already reaches the corner
+        torch.testing.assert_close(z_early, torch.full((4,), -0.5 * dz), atol=1e-5, rtol=0)
+        assert bool((z_full < -5 * dz).all())
+    with pytest.raises(MedAdvInputError, match="early_stop needs the model's logits"):
+        get_attack(name)(model, x, y, eps=0.1, early_stop=True, loss_fn=lambda o, t: o[:, 0], **kw)
+
+
+def test_pgd_margin_loss_is_the_survey_cw_attack() -> None:
+    # on a 3-class linear model the margin loss pushes z_y - max_{j != y} z_j down to -kappa and then stops pushing
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    x = torch.rand(16, 1, 8, 8) * 0.8 + 0.1
+    y = model(x).argmax(1)
+    kw = dict(eps=0.2, alpha=0.01, steps=30, random_start=False)
+    from medadv_monai.attacks import margin
+    with torch.no_grad():
+        g0 = margin(model(x), y)
+        g_small = margin(model(pgd(model, x, y, loss="margin", kappa=0.05, **kw)), y)
+        g_large = margin(model(pgd(model, x, y, loss="margin", kappa=50.0, **kw)), y)
+    assert bool((g_large <= g_small + 1e-6).all()) and bool((g_large < g0).all())
+    assert bool((g_small >= -0.05 - 0.2).all())  # the small kappa stops near its margin (one step past it at most)
+    t = (y + 1) % 3
+    with torch.no_grad():
+        adv = pgd(model, x, t, loss="margin", kappa=1.0, targeted=True, **kw)
+        assert bool((margin(model(adv), t, targeted=True) < margin(model(x), t, targeted=True)).all())
+    with pytest.raises(MedAdvInputError, match="loss='margin' or a loss_fn"):
+        pgd(model, x, y, loss="margin", loss_fn=lambda o, t: o[:, 0], **kw)
+    with pytest.raises(MedAdvInputError, match="pgd loss"):
+        pgd(model, x, y, loss="dice", **kw)
 
 
 def test_runs_under_no_grad_and_inference_mode() -> None:
@@ -560,9 +617,9 @@ def _e14():
     return pgd(_Map(), x, torch.tensor([0, 1, 0, 1]), eps=0.1, alpha=0.01, steps=2)
 
 
-@_err("unknown attack", r"unknown attack 'cw'")
+@_err("unknown attack", r"unknown attack 'carlini'")
 def _e15():
-    return get_attack("cw")
+    return get_attack("carlini")
 
 
 @_err("bad registry kwarg", r"'fgsm' does not take \['steps'\]")

@@ -1,12 +1,13 @@
 """Gradient-sign adversarial attacks with per-voxel budget masks, and their MONAI wrappers.
 
 Attacks (one small module each, all thin loops over :mod:`medadv_monai.attacks._core`):
-:func:`fgsm`, :func:`bim`, :func:`pgd`, :func:`mifgsm`, :func:`apgd` (auto-PGD, CE or DLR loss) and :func:`advgan`
-(a trained generator, one pass). Look them
-up by name with :func:`get_attack` or run
-them with the default budget via :func:`run_attack`. MONAI integration: :class:`AdversarialPerturb`,
-:class:`AdversarialPerturbd` (transforms), :class:`AdversarialInferer` and :class:`PrepareAttackBatch`
-(engines). The benchmarks live in :mod:`medadv_monai.bench`.
+:func:`fgsm`, :func:`bim`, :func:`pgd` (CE or the margin loss), :func:`mifgsm`, :func:`apgd` (auto-PGD, CE or
+DLR loss), :func:`cw_l2` (Carlini-Wagner L2), :func:`square` (score-based, no gradients), :func:`autoattack` (an
+AutoAttack-style ensemble of them; :func:`run_autoattack` adds the robust accuracy after each member) and
+:func:`advgan` (a trained generator, one pass). Look them up by name with :func:`get_attack`, run them with the
+default budget via :func:`run_attack`, and read their cost with :func:`attack_cost`. MONAI integration:
+:class:`AdversarialPerturb`, :class:`AdversarialPerturbd` (transforms), :class:`AdversarialInferer` and
+:class:`PrepareAttackBatch` (engines). The benchmarks live in :mod:`medadv_monai.bench`.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from typing import Any
 
 from medadv_monai.attacks.advgan import advgan, advgan_delta, apply_delta
 from medadv_monai.attacks.apgd import apgd
+from medadv_monai.attacks.autoattack import AutoAttackResult, autoattack, run_autoattack
 from medadv_monai.attacks.bim import bim
+from medadv_monai.attacks.cw import cw_l2
 from medadv_monai.attacks.fgsm import fgsm
 from medadv_monai.attacks.margin import as_two_logits, margin
 from medadv_monai.attacks.mifgsm import mifgsm
 from medadv_monai.attacks.pgd import pgd
 from medadv_monai.attacks.registry import (
     ATTACKS,
+    attack_cost,
     attack_kwargs,
     available_attacks,
     default_alpha,
@@ -30,6 +34,7 @@ from medadv_monai.attacks.registry import (
     get_attack,
     run_attack,
 )
+from medadv_monai.attacks.square import square
 
 # The MONAI wrappers import lazily (PEP 562), so ``import medadv_monai.attacks`` stays light.
 _LAZY = {
@@ -42,6 +47,7 @@ _LAZY = {
 __all__ = [
     "ATTACKS",
     "AdversarialInferer",
+    "AutoAttackResult",
     "AdversarialPerturb",
     "AdversarialPerturbd",
     "PrepareAttackBatch",
@@ -49,10 +55,13 @@ __all__ = [
     "advgan_delta",
     "apgd",
     "apply_delta",
+    "attack_cost",
     "as_two_logits",
     "attack_kwargs",
+    "autoattack",
     "available_attacks",
     "bim",
+    "cw_l2",
     "default_alpha",
     "display_name",
     "fgsm",
@@ -61,6 +70,8 @@ __all__ = [
     "mifgsm",
     "pgd",
     "run_attack",
+    "run_autoattack",
+    "square",
 ]
 
 

@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from medadv_monai.attacks.checks import check_unit_range, fmt, per_sample
+from medadv_monai.attacks.margin import margin
 from medadv_monai.errors import MedAdvInputError
+from medadv_monai.utils.checks import check_bool
 
 __all__ = [
     "LossFn",
@@ -78,6 +80,7 @@ class AttackSetup:
         hi: :math:`\\min(x + \\epsilon m, 1)`, the upper bound of the feasible box.
         sign: :math:`s`, +1 untargeted, -1 targeted.
         objective: callable ``x_adv -> grad`` of :math:`\\sum_n L_n(f(x'), y)` w.r.t. ``x_adv``.
+        early_stop: stop moving a sample once the model is fooled on it (:meth:`_Objective.fooled`).
     """
 
     x: torch.Tensor
@@ -86,6 +89,7 @@ class AttackSetup:
     hi: torch.Tensor
     sign: float
     objective: "_Objective"
+    early_stop: bool = False
 
 
 class _Objective:
@@ -157,6 +161,19 @@ class _Objective:
 
     def __call__(self, x_adv: torch.Tensor) -> torch.Tensor:
         return self.evaluate(x_adv)[0]
+
+    def output(self, x_adv: torch.Tensor) -> Any:
+        """The model's output on ``x_adv`` without gradients, checked (with the labels) like :meth:`evaluate`'s."""
+        with torch.no_grad():
+            out = self.model(x_adv)
+        if not self._checked:
+            self._check_output(out)
+        return out
+
+    def fooled(self, out: torch.Tensor, targeted: bool) -> torch.Tensor:
+        """``(N,)`` bool: the model's decision on ``out`` (validated logits of :meth:`evaluate`) is wrong
+        (untargeted) or the target (targeted): a negative :func:`~medadv_monai.attacks.margin.margin`."""
+        return margin(out, self.y, targeted) < 0
 
     def evaluate(self, x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """The gradient of :math:`\\sum_n L_n`, the per-sample loss ``(N,)`` and the model output, all detached."""
@@ -260,6 +277,7 @@ def prepare(
     targeted: bool,
     mask: Any,
     loss_fn: LossFn | None,
+    early_stop: Any = False,
 ) -> AttackSetup:
     """Validate the common inputs once and precompute the feasible box.
 
@@ -271,6 +289,7 @@ def prepare(
         targeted: descend the loss towards ``y`` instead of ascending it away from ``y``.
         mask: ``None`` (all ones) or values in ``[0, 1]`` broadcastable to ``x``.
         loss_fn: optional ``loss_fn(output, y) -> (N,)``.
+        early_stop: freeze a sample once the model is fooled on it (needs the model's logits: no ``loss_fn``).
 
     Returns:
         An :class:`AttackSetup` with :math:`lo = \\max(x - \\epsilon m, 0)` and :math:`hi = \\min(x + \\epsilon m, 1)`.
@@ -284,6 +303,10 @@ def prepare(
         raise MedAdvInputError(f"loss_fn must be callable (output, target) -> (N,) loss, got {type(loss_fn).__name__}")
     if not callable(model):
         raise MedAdvInputError(f"model must be callable, got {type(model).__name__}")
+    early_stop = check_bool(early_stop, "early_stop")
+    if early_stop and loss_fn is not None:
+        raise MedAdvInputError("early_stop needs the model's logits to tell when it is fooled; it cannot be combined "
+                               "with loss_fn")
     x, budget = check_budget(x, eps, mask)
     n = x.shape[0]
 
@@ -298,7 +321,8 @@ def prepare(
         y_t = _as_plain(y).to(x.device) if isinstance(y, torch.Tensor) else y
         objective = _Objective(model, y_t, n, loss_fn, None)
 
-    return AttackSetup(x=x, budget=budget, lo=lo, hi=hi, sign=-1.0 if bool(targeted) else 1.0, objective=objective)
+    return AttackSetup(x=x, budget=budget, lo=lo, hi=hi, sign=-1.0 if bool(targeted) else 1.0, objective=objective,
+                       early_stop=early_stop)
 
 
 def signed_step(alpha: float | torch.Tensor, sign: float) -> float | torch.Tensor:
@@ -378,16 +402,18 @@ def run_sign_loop(
     Otherwise (MI-FGSM): :math:`g_t = \\mu g_{t-1} + \\nabla L / \\mathrm{mean}(|\\nabla L|)` per sample (mean over all
     non-batch dims; an all-zero gradient stays zero instead of 0/0) and
     :math:`x' \\leftarrow \\Pi(x' + \\alpha s\\,\\mathrm{sign}(g_t))`. :math:`\\Pi` is the box projection of
-    :func:`step_project`. No validation and no host syncs happen here.
+    :func:`step_project`. With ``setup.early_stop`` a sample the model is already fooled on does not move, so it
+    ends at the first iterate that fooled it. No validation and no host syncs happen here.
     """
     step = signed_step(alpha, setup.sign)
     x_adv = x0
     objective = setup.objective
     momentum: torch.Tensor | None = None
     dims = tuple(range(1, x0.ndim))
+    view = (x0.shape[0],) + (1,) * (x0.ndim - 1)
     tiny = torch.finfo(x0.dtype).tiny
     for _ in range(steps):
-        g = objective(x_adv)
+        g, _, out = objective.evaluate(x_adv)
         with torch.no_grad():
             if decay is not None:
                 g = g.div_(g.abs().mean(dim=dims, keepdim=True).clamp_min_(tiny))
@@ -397,5 +423,7 @@ def run_sign_loop(
                 direction = torch.sign(g)
             else:
                 direction = g.sign_()
+            if setup.early_stop:  # a zero direction leaves a fooled sample where it is (it is inside the box)
+                direction.mul_((~objective.fooled(out, setup.sign < 0)).view(view).to(direction.dtype))
             x_adv = step_project(x_adv, direction, step, setup)
     return x_adv

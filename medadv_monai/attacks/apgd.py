@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from medadv_monai.attacks._core import LossFn, grad_context, prepare
 from medadv_monai.attacks.checks import check_steps
-from medadv_monai.attacks.margin import as_two_logits
+from medadv_monai.attacks.margin import as_two_logits, margin
 from medadv_monai.errors import MedAdvInputError
 
 __all__ = ["APGD_LOSSES", "apgd", "apgd_checkpoints", "dlr_loss"]
@@ -77,6 +77,7 @@ def apgd(
     targets: Any = None,
     mask: torch.Tensor | None = None,
     loss_fn: LossFn | None = None,
+    early_stop: bool = False,
 ) -> torch.Tensor:
     """APGD (module docstring) under the budget :math:`|x' - x| \\le \\epsilon m`; deterministic (no random start).
 
@@ -92,6 +93,14 @@ def apgd(
         targets: the targets of targeted DLR (``y`` then holds the true labels).
         mask: per-voxel budget weights in ``[0, 1]`` broadcastable to ``x``.
         loss_fn: a per-sample loss ``(output, y) -> (N,)`` replacing ``loss``.
+        early_stop: stop moving a sample once the model is fooled on it (fast robust accuracy; smaller
+            perturbations than the full run). Needs logits (no ``loss_fn``).
+
+    Returns:
+        Per sample, the highest-loss iterate among those that fooled the model, or the highest-loss iterate when
+        none did (with ``loss_fn``, where fooling cannot be told, always the highest-loss iterate). A loss may
+        peak past the point where the decision flips back (DLR, a targeted loss on another class): this keeps a
+        success found on the way.
 
     Raises:
         MedAdvInputError: a bad argument, or DLR on a model with too few classes.
@@ -104,10 +113,10 @@ def apgd(
         raise MedAdvInputError("targeted DLR needs targets (y holds the true labels)")
     # targeted DLR is maximised (it rises as z_t overtakes z_y), so it runs as an ascent
     setup = prepare(lambda t: as_two_logits(model(t)), x, y, eps=eps, targeted=targeted and not dlr_targeted, mask=mask,
-                    loss_fn=loss_fn)
+                    loss_fn=loss_fn, early_stop=early_stop)
     objective = setup.objective
+    t = None if targets is None else torch.as_tensor(targets, device=setup.x.device).reshape(-1).long()
     if loss == "dlr" and loss_fn is None:
-        t = None if targets is None else torch.as_tensor(targets, device=setup.x.device).reshape(-1).long()
         objective.use_loss(lambda out, labels: dlr_loss(out, labels, t))
     sign = setup.sign
     n = setup.x.shape[0]
@@ -119,9 +128,15 @@ def apgd(
         return torch.clamp(t, setup.lo, setup.hi)
 
     x_k = setup.x.clone()
-    g, l_k, _ = objective.evaluate(x_k)
+    g, l_k, out = objective.evaluate(x_k)
     l_k = sign * l_k
     x_best, l_best, g_best = x_k.clone(), l_k.clone(), g
+    # the best fooling iterate (judged on the model's decision, so only without loss_fn)
+    judge = None
+    if loss_fn is None:  # targeted DLR: y holds the true labels, success is the target's win
+        judge = (lambda o: margin(o, t, True) < 0) if dlr_targeted else (lambda o: objective.fooled(o, bool(targeted)))
+    l_fooled = torch.full_like(l_k, float("-inf"))
+    x_fooled, l_fooled = _keep_fooled(judge, out, x_k, l_k, x_k.clone(), l_fooled)
     x_prev = x_k
     checkpoints = apgd_checkpoints(n_steps)
     last_check, increases = 0, torch.zeros(n, device=setup.x.device)
@@ -130,9 +145,12 @@ def apgd(
         with torch.no_grad():
             z = project(x_k + eta * sign * torch.sign(g))
             x_next = z if k == 0 else project(x_k + MOMENTUM * (z - x_k) + (1 - MOMENTUM) * (x_k - x_prev))
-        g_next, l_next, _ = objective.evaluate(x_next)
+            if setup.early_stop:  # a sample fooled at x_k stays there
+                x_next = torch.where(torch.isfinite(l_fooled).view(view), x_k, x_next)
+        g_next, l_next, out = objective.evaluate(x_next)
         l_next = sign * l_next
         with torch.no_grad():
+            x_fooled, l_fooled = _keep_fooled(judge, out, x_next, l_next, x_fooled, l_fooled)
             increases += (l_next > l_k).float()
             better = l_next > l_best
             x_best = torch.where(better.view(view), x_next, x_best)
@@ -150,4 +168,14 @@ def apgd(
                 l_k = torch.where(halve, l_best, l_k)
                 last_check, increases = k + 1, torch.zeros_like(increases)
                 eta_at_check, best_at_check = eta.clone(), l_best.clone()
-    return x_best.detach()
+    return torch.where(torch.isfinite(l_fooled).view(view), x_fooled, x_best).detach()
+
+
+def _keep_fooled(judge: Callable[[Any], torch.Tensor] | None, out: Any, x: torch.Tensor, loss: torch.Tensor,
+                 x_fooled: torch.Tensor, l_fooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep ``x`` for the samples it fools at a higher loss than their kept fooling point (none without ``judge``)."""
+    if judge is None:
+        return x_fooled, l_fooled
+    take = judge(out) & (loss > l_fooled)
+    view = (-1,) + (1,) * (x.ndim - 1)
+    return torch.where(take.view(view), x, x_fooled), torch.where(take, loss, l_fooled)

@@ -25,6 +25,7 @@ def mifgsm(
     targeted: bool = False,
     mask: torch.Tensor | None = None,
     loss_fn: LossFn | None = None,
+    early_stop: bool = False,
 ) -> torch.Tensor:
     r"""BIM with an L1-normalised gradient momentum (as torchattacks ``MIFGSM``).
 
@@ -51,6 +52,8 @@ def mifgsm(
         targeted: descend the loss towards ``y`` (:math:`s = -1`) instead of ascending it (:math:`s = +1`).
         mask: per-voxel budget weights in ``[0, 1]`` broadcastable to ``x``; ``None`` means all ones.
         loss_fn: optional ``loss_fn(output, y) -> (N,)`` per-sample loss.
+        early_stop: stop moving a sample once the model is fooled on it (it keeps the first iterate that fooled
+            it): fast robust accuracy, but smaller perturbations than the full run. Needs logits (no ``loss_fn``).
 
     Returns:
         The adversarial batch, detached, with ``x``'s shape, dtype and device.
@@ -58,7 +61,8 @@ def mifgsm(
     Raises:
         MedAdvInputError: for any invalid argument.
     """
-    setup = prepare(model, x, y, eps=eps, targeted=targeted, mask=mask, loss_fn=loss_fn)
+    setup = prepare(model, x, y, eps=eps, targeted=targeted, mask=mask, loss_fn=loss_fn,
+                    early_stop=early_stop)
     a = check_alpha(alpha, setup.x)
     n = check_steps(steps)
     mu = check_decay(decay)

@@ -1,7 +1,8 @@
-"""Attack lookup by name and a one-call runner with the project's default budget.
+"""Attack lookup by name, a one-call runner with the project's default budget, and each attack's cost.
 
-Defaults (filled in only for the parameters an attack takes): ``eps = 8/255``,
-``alpha = max(eps / 4, 1/255)`` (element-wise for a per-sample ``eps``), ``steps = 10``.
+Defaults, filled in only for the parameters an attack takes and has no default of its own: ``eps = 8/255``,
+``alpha = max(eps / 4, 1/255)`` (element-wise for a per-sample ``eps``), ``steps = 10``. (APGD, CW-L2 and the
+AutoAttack-style ensemble keep their published iteration counts unless given ``steps``.)
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import torch
 
 from medadv_monai.attacks.advgan import advgan
 from medadv_monai.attacks.apgd import apgd
+from medadv_monai.attacks.autoattack import autoattack
 from medadv_monai.attacks.bim import bim
+from medadv_monai.attacks.cw import cw_l2
 from medadv_monai.attacks.fgsm import fgsm
 from medadv_monai.attacks.mifgsm import mifgsm
 from medadv_monai.attacks.pgd import pgd
+from medadv_monai.attacks.square import square
 from medadv_monai.errors import MedAdvInputError
 
 __all__ = [
@@ -28,18 +32,20 @@ __all__ = [
     "display_name",
     "get_attack",
     "attack_kwargs",
+    "attack_cost",
     "run_attack",
 ]
 
 AttackFn = Callable[..., torch.Tensor]
 
 ATTACKS: Mapping[str, AttackFn] = {"fgsm": fgsm, "bim": bim, "pgd": pgd, "mifgsm": mifgsm, "apgd": apgd,
-                                   "advgan": advgan}
+                                   "cwl2": cw_l2, "square": square, "autoattack": autoattack, "advgan": advgan}
 """Canonical name -> attack function."""
 
-_ALIASES = {"ifgsm": "bim", "mi": "mifgsm", "mim": "mifgsm"}
+_ALIASES = {"ifgsm": "bim", "mi": "mifgsm", "mim": "mifgsm", "cw": "cwl2", "aa": "autoattack"}
 
 DISPLAY_NAMES: Mapping[str, str] = {"fgsm": "FGSM", "bim": "BIM", "pgd": "PGD", "mifgsm": "MI-FGSM", "apgd": "APGD",
+                                    "cwl2": "CW-L2", "square": "Square", "autoattack": "AutoAttack-style",
                                     "advgan": "AdvGAN"}
 """Canonical name -> the name tables, plots and reports show."""
 
@@ -100,12 +106,42 @@ def attack_kwargs(name: str, **kwargs: Any) -> dict[str, Any]:
     if unknown:
         raise MedAdvInputError(f"attack {key!r} does not take {unknown}; it accepts {accepted}")
     out = dict(kwargs)
+    required = {p for p, v in params.items() if v.default is inspect.Parameter.empty}
     out.setdefault("eps", DEFAULT_EPS)
-    if "alpha" in params:
+    if "alpha" in required:
         out.setdefault("alpha", default_alpha(out["eps"]))
-    if "steps" in params:
+    if "steps" in required:
         out.setdefault("steps", DEFAULT_STEPS)
     return out
+
+
+def _cost_of(key: str, kw: Mapping[str, Any]) -> tuple[int, int]:
+    if key in ("bim", "pgd", "mifgsm"):
+        return int(kw["steps"]), 0
+    if key == "apgd":
+        return int(kw["steps"]) + 1, 0
+    if key == "cwl2":
+        return int(kw["steps"]) * int(kw["binary_steps"]), 0
+    if key == "square":
+        return 0, int(kw["queries"])
+    if key == "autoattack":  # APGD-CE, then up to n_targets APGD-T runs (only for models with >= 4 classes)
+        return (int(kw["steps"]) + 1) * (1 + int(kw["n_targets"])), int(kw["queries"])
+    return (1 if key == "fgsm" else 0), 0  # FGSM: one gradient; AdvGAN: one generator pass
+
+
+def attack_cost(name: str, **kwargs: Any) -> dict[str, int]:
+    """The most model evaluations an attack spends per sample with ``kwargs`` (the attack's own defaults for the
+    rest): ``grad_evals``, forward and backward passes (FGSM 1, BIM/PGD/MI-FGSM ``steps``, APGD ``steps + 1``,
+    CW-L2 ``steps * binary_steps``, the AutoAttack-style ensemble its APGD runs), and ``queries``, forward passes
+    alone (Square, and the ensemble's Square). Attacks that stop early on success (Square, ``early_stop``) may
+    spend less.
+    """
+    key = _canonical(name)
+    params = inspect.signature(ATTACKS[key]).parameters
+    kw = {p: v.default for p, v in params.items() if v.default is not inspect.Parameter.empty}
+    kw.update(attack_kwargs(key, **kwargs))
+    grads, queries = _cost_of(key, kw)
+    return {"grad_evals": grads, "queries": queries}
 
 
 def run_attack(name: str, model: Callable[[torch.Tensor], Any], x: torch.Tensor, y: Any, **kwargs: Any) -> torch.Tensor:

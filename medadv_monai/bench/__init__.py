@@ -2,6 +2,7 @@
 
 One module per section, each with a ``section(quick)`` function: :mod:`~medadv_monai.bench.data` (slice cache
 against NIfTI), :mod:`~medadv_monai.bench.attacks` (PGD against its compute limit),
+:mod:`~medadv_monai.bench.peers` (APGD, Square and CW-L2 against torchattacks'),
 :mod:`~medadv_monai.bench.advgan` (an AdvGAN generator pass against PGD-10) and
 :mod:`~medadv_monai.bench.realsize` (the slice cache at the BraTS grid, extrapolated to BraTS 2021).
 :mod:`~medadv_monai.bench.runner` runs them, each in a fresh child process, into one JSON file and a table;

@@ -2,7 +2,8 @@
 
 Sections (:data:`SECTIONS`, one module each, each with a ``section(quick)`` function): ``data`` (slice cache build
 time per subject; slices per second from the cache against from NIfTI), ``attacks`` (PGD-10 against ten
-forward+backward passes of the bundle's classifier, the compute limit) and ``advgan`` (seconds per image of one
+forward+backward passes of the bundle's classifier, the compute limit), ``peers`` (our APGD, Square and CW-L2
+against torchattacks' on the same model and batch) and ``advgan`` (seconds per image of one
 pass of the bundle's generator against PGD-10), on CPU and, where one is present, on the GPU, and ``realsize`` (the
 slice cache at the BraTS grid 240x240x155: seconds, peak memory and disk per subject, and the hours and gigabytes
 they imply for BraTS 2021's 1,251 subjects; :mod:`~medadv_monai.bench.realsize`).
@@ -35,6 +36,7 @@ __all__ = ["SECTIONS", "format_bench", "run_benchmarks"]
 SECTIONS: dict[str, str] = {
     "data": "medadv_monai.bench.data",
     "attacks": "medadv_monai.bench.attacks",
+    "peers": "medadv_monai.bench.peers",
     "advgan": "medadv_monai.bench.advgan",
     "realsize": "medadv_monai.bench.realsize",
 }

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from medadv_monai.attacks import AdversarialInferer
-from medadv_monai.attacks.registry import attack_kwargs
+from medadv_monai.attacks.registry import attack_cost, attack_kwargs
 from medadv_monai.masks import AttackMaskd, PatchSpec
 from medadv_monai.networks import AdvGANSettings, freeze, load_generator_checkpoint
 from medadv_monai.utils.checks import check_bool, check_eps
@@ -77,9 +77,12 @@ class AttackCell:
                 "targeted": self.targeted, "params": params}
 
     def row(self) -> dict[str, Any]:
-        """The cell's columns in the summary and per-sample tables."""
+        """The cell's columns in the summary and per-sample tables, with its budget of model evaluations per slice
+        (:func:`~medadv_monai.attacks.registry.attack_cost`: ``grad_evals`` and ``queries``)."""
+        cost = {"grad_evals": 0, "queries": 0} if self.attack == CLEAN else attack_cost(
+            self.attack, eps=self.eps, **{k: v for k, v in self.params.items() if not isinstance(v, torch.nn.Module)})
         return {"cell": self.label, "attack": self.name, "eps": self.eps, "eps_255": round(self.eps * 255, 4),
-                "mask": self.mask, "targeted": self.targeted}
+                "mask": self.mask, "targeted": self.targeted, **cost}
 
 
 def expand_grid(
@@ -93,7 +96,9 @@ def expand_grid(
 
     Args:
         attacks: row name -> attack keywords with ``attack`` naming the registry attack (defaults to the row name),
-            e.g. ``{"pgd": {"steps": 10}, "pgd40": {"attack": "pgd", "steps": 40}}``.
+            e.g. ``{"pgd": {"steps": 10}, "pgd40": {"attack": "pgd", "steps": 40}}``. A keyword whose value is
+            callable is called with each cell's eps, e.g. ``alpha: "$lambda eps: max(eps / 4, 0.5 / 255)"`` in a
+            config (the survey's step sizes); the cell keeps the value.
         eps: budgets in [0, 1].
         masks: mask names.
         targeted: which of untargeted (False) / targeted (True) to run (a single value, or booleans written as
@@ -108,7 +113,8 @@ def expand_grid(
     targeted = list(dict.fromkeys(check_bool(t, "targeted") for t in targeted))
     cells = [AttackCell(CLEAN, CLEAN, 0.0, m) for m in masks] if clean else []
     for (name, spec), e, m, t in itertools.product(attacks.items(), eps, masks, targeted):
-        params = dict(spec)
+        params = {k: v(float(e)) if callable(v) and not isinstance(v, torch.nn.Module) else v
+                  for k, v in spec.items()}
         attack = params.pop("attack", name)
         attack_kwargs(attack, eps=float(e), **params)  # validate names and keywords now, not mid-grid
         cells.append(AttackCell(name, attack, float(e), m, t, params))

@@ -31,6 +31,7 @@ SCORE_KEYS: tuple[str, ...] = PREDICTION_KEYS + OUTCOME_KEYS + PERTURBATION_KEYS
 REFERENCE_KEYS: tuple[str, ...] = ("adv_prob", "adv_pred", "adv_correct", "success", "linf", "l2", "ssim", "l0", "tv")
 #: the columns of a summary table, in order (cell columns, then :func:`~medadv_monai.metrics.summarize`'s values)
 SUMMARY_COLUMNS: tuple[str, ...] = (
-    "cell", "attack", "eps_255", "mask", "targeted", "n", "n_attackable", "n_asr", "n_targeted",
+    "cell", "attack", "eps_255", "mask", "targeted", "grad_evals", "queries", "n", "n_attackable", "n_asr",
+    "n_targeted",
     *(f"{rate}{end}" for rate in ("clean_acc", "robust_acc", "asr") for end in ("", "_lo", "_hi")), "asr_all",
     "targeted_success", "targeted_success_lo", "targeted_success_hi", *(f"mean_{k}" for k in PERTURBATION_KEYS))
