@@ -161,3 +161,28 @@ def test_patch_sweep_ranks_patches_and_bins_coverage(trained_classifier, synth_d
     assert [(_float(r["bin_lo"]), _float(r["bin_hi"])) for r in pooled][0] == (0.0, 0.05) and len(pooled) == 8
     assert (out / "figures" / "asr_by_coverage.png").is_file() and (out / "figures" / "mask_ranking.png").is_file()
     assert "## Masks ranked by attack success" in (out / "report.md").read_text()
+
+
+def test_advmia_protocol_overlay_runs_the_survey_grid(trained_classifier, synth_dir, tmp_path):
+    bundle = tmp_path / "brats_attack_eval"
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("eval"))
+    files = f"['{bundle / 'configs' / 'evaluate.yaml'}','{bundle / 'configs' / 'protocol_advmia.yaml'}']"
+    run_cli(["monai.bundle", "run", "--config_file", files, "--bundle_root", str(bundle),
+             "--classifier_bundle", str(trained_classifier), "--dataset_dir", str(synth_dir),
+             "--classifier_overrides", "{'image_size': [32, 32]}", "--split", "training",
+             "--attacks#autoattack", "{'steps': 10, 'queries': 20}", "--attacks#square", "{'queries': 20}"],
+            cwd=tmp_path)
+    out = bundle / "eval" / "protocol_advmia"
+    with open(out / "summary.csv") as f:
+        summary = {r["cell"]: r for r in csv.DictReader(f)}
+    attacks = ("fgsm", "pgd20", "cw_margin", "autoattack", "square")
+    assert set(summary) == {"clean_none"} | {f"{a}_eps{e}_none" for a in attacks for e in (1, 2, 4, 8)}
+    cost = {a: (summary[f"{a}_eps8_none"]["grad_evals"], summary[f"{a}_eps8_none"]["queries"]) for a in attacks}
+    assert cost == {"fgsm": ("1", "0"), "pgd20": ("20", "0"), "cw_margin": ("30", "0"),
+                    "autoattack": (str(11 * 10), "20"), "square": ("0", "20")}
+    for e in (1, 2, 4, 8):  # every attack within its budget
+        for a in attacks:
+            assert _float(summary[f"{a}_eps{e}_none"]["mean_linf"]) <= e / 255 + 1e-6
+    report = (out / "report.md").read_text()
+    assert "## Robust accuracy by attack and eps" in report and "| AutoAttack-style |" in report
+    assert "eps 1/255 | eps 2/255 | eps 4/255 | eps 8/255" in report

@@ -51,6 +51,11 @@ class AttackEvaluator(SupervisedEvaluator):
         mask_key: batch key of the attack mask (made by ``AttackMaskd``); ``None``: no mask.
         tumour_key: batch key of the tumour mask (for coverage); ``None``: no coverage.
         eval_modules: further modules put in eval mode while the evaluator runs (an AdvGAN generator in training).
+        batch_seeds: one seed per batch of an epoch: torch's random number generator is seeded with
+            ``batch_seeds[i]`` before batch ``i`` is attacked, so the random draws of an attack (PGD's random start)
+            depend on the batch alone, not on what ran before it (the attack grid gives each batch a seed made from
+            its index in the whole split, so a rank attacking only some batches draws what a single process does).
+            ``None``: the generator runs on as it is.
         prepare_batch: default ``PrepareAttackBatch(label_key="label", mask_key=mask_key)``.
         kwargs: further ``SupervisedEvaluator`` arguments (``val_handlers``, ``key_val_metric``, ``amp``, ...).
     """
@@ -65,6 +70,7 @@ class AttackEvaluator(SupervisedEvaluator):
         mask_key: str | None = "attack_mask",
         tumour_key: str | None = "mask",
         eval_modules: Sequence[torch.nn.Module] = (),
+        batch_seeds: Sequence[int] | None = None,
         prepare_batch: Any = None,
         **kwargs: Any,
     ) -> None:
@@ -75,6 +81,7 @@ class AttackEvaluator(SupervisedEvaluator):
         self.reference_attacks = dict(reference_attacks or {})
         self.tumour_key = tumour_key
         self.eval_modules = list(eval_modules)
+        self.batch_seeds = None if batch_seeds is None else [int(s) for s in batch_seeds]
         prepare_batch = prepare_batch or PrepareAttackBatch(label_key="label", mask_key=mask_key)
         super().__init__(device=device, val_data_loader=val_data_loader, network=network, prepare_batch=prepare_batch,
                          decollate=False, **kwargs)
@@ -85,6 +92,8 @@ class AttackEvaluator(SupervisedEvaluator):
         return self.attack is not None and self.attack.targeted
 
     def _iteration(self, engine: Engine, batchdata: dict[str, Any]) -> dict[str, Any]:
+        if self.batch_seeds is not None:
+            self._seed_batch(engine)
         x, y, _, kw = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         x = x.as_subclass(torch.Tensor) if type(x) is not torch.Tensor else x
         mask = kw.get("mask")
@@ -117,6 +126,14 @@ class AttackEvaluator(SupervisedEvaluator):
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+    def _seed_batch(self, engine: Engine) -> None:
+        """Seed torch's generator with this batch's entry of ``batch_seeds`` (the batch's index in the epoch)."""
+        i = (engine.state.iteration - 1) % engine.state.epoch_length if engine.state.epoch_length else 0
+        if i >= len(self.batch_seeds):
+            raise MedAdvInputError(f"AttackEvaluator: batch_seeds has {len(self.batch_seeds)} seeds, but the data "
+                                   f"loader gave batch {i + 1}; give one seed per batch")
+        torch.manual_seed(self.batch_seeds[i])
 
     def _attack(self, inferer: AdversarialInferer, x: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None,
                 targets: torch.Tensor | None, attackable: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,16 @@ targeted, params; a generator by its checkpoint's digest), the classifier (the d
 of its weights), the slices (their count and the digest of their entries), the slice and mask transforms, the seed
 and the batch size. A rerun reuses a cell only when its stamp matches; a cell made otherwise, or a file that cannot
 be read, is recomputed (the log line says why), so one summary never mixes cells of different runs.
+
+Random draws depend only on the seed and the data, never on what ran before: a mask transform (random patch
+anchors) is seeded per slice from (seed, mask, slice index), torch's generator (PGD's random start) per batch from
+(seed, batch index); batches are always ``batch_size`` consecutive slices of the split.
+
+Under ``torch.distributed`` (``torchrun``, ``configs/multi_gpu_evaluate.yaml``) the batches of every cell are dealt
+whole to the ranks (batch ``b`` to rank ``b % world_size``); each rank attacks its batches, the per-sample rows are
+gathered and put back in slice order, and the summary is computed from them (:func:`summarize_rows`, as in a
+single-process run), so the outputs are those of a single process. Rank 0 alone decides which cells are reused
+(and tells the others), writes ``cells/`` and every other output, prints and logs.
 """
 
 from __future__ import annotations
@@ -23,7 +33,6 @@ import logging
 import math
 import os
 import time
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,16 +44,19 @@ from monai.transforms import Compose
 from medadv_monai.attacks import display_name
 from medadv_monai.engines.attack_evaluator import AttackEvaluator
 from medadv_monai.engines.grid_cells import CLEAN, AttackCell
+from medadv_monai.engines.grid_shards import SliceSeeded, batch_indices, derived_seed, gather_rows, shard
 from medadv_monai.errors import MedAdvInputError
-from medadv_monai.handlers import AttackImageGrid, AttackSummary, PerSampleRecorder
-from medadv_monai.metrics import SUMMARY_COLUMNS, coverage_bins
+from medadv_monai.handlers import AttackImageGrid, PerSampleRecorder
+from medadv_monai.metrics import SUMMARY_COLUMNS, coverage_bins, summarize_columns
 from medadv_monai.utils import save_csv, save_json, save_text
 from medadv_monai.utils.checks import check_bool
+from medadv_monai.utils.distributed import broadcast, is_main
 from medadv_monai.utils.fingerprint import describe, file_digest, fingerprint, read_stamp, stamp_changes, write_stamp
 from medadv_monai.utils.logs import DETAIL_LOGGER
 from medadv_monai.utils.provenance import portable_path, provenance, provenance_markdown
 from medadv_monai.visualize import (
     attack_examples,
+    eps_table,
     gradcam_figure,
     markdown_table,
     plot_asr_by_coverage,
@@ -53,10 +65,10 @@ from medadv_monai.visualize import (
     write_html,
 )
 
-__all__ = ["DEFAULT_COVERAGE_EDGES", "AttackGridRunner"]
+__all__ = ["DEFAULT_COVERAGE_EDGES", "AttackGridRunner", "summarize_rows"]
 
 DEFAULT_COVERAGE_EDGES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
-CELL_FORMAT = 2  # raise when a cell file's layout or meaning changes: older cells are then recomputed
+CELL_FORMAT = 3  # raise when a cell file's layout or meaning changes: older cells are then recomputed
 
 
 class AttackGridRunner:
@@ -82,7 +94,8 @@ class AttackGridRunner:
         rank_masks: also rank the masks by ASR and pool ASR by coverage over all masks (the patch sweep):
             ``ranking.csv``, ``coverage_pooled.csv``, ``figures/mask_ranking.png``.
         title: the report's title.
-        seed: seeds the mask transforms (random patch anchors) and the attacks' random starts.
+        seed: seeds the mask transforms (random patch anchors, per slice) and the attacks' random starts (per
+            batch); see the module docstring.
         classifier_ckpt: the file the classifier's weights came from; its digest goes into every cell's stamp,
             beside the digest of the network's weights.
         split: name of the split the slices come from, for messages.
@@ -131,16 +144,26 @@ class AttackGridRunner:
         self.figures: dict[str, list[Path]] = {"grids": []}
 
     # ------------------------------------------------------------------------------------------ running
-    def loader(self, mask: str) -> DataLoader:
-        """The data loader of one mask: the dataset's slices through its transform, then the mask's."""
-        seed = (self.seed + zlib.crc32(mask.encode())) % 2**32  # each mask (and sweep replicate) its own stream
-        transform = Compose([self.dataset.transform, self.masks[mask]]).set_random_state(seed=seed)
-        return DataLoader(Dataset(self.dataset.data, transform), batch_size=self.batch_size, shuffle=False,
-                          num_workers=0)
+    def batches(self) -> list[list[int]]:
+        """The batches of every cell: ``batch_size`` consecutive slice indices each, in slice order."""
+        return batch_indices(len(self.dataset.data), self.batch_size)
+
+    def loader(self, mask: str, batches: Sequence[int] | None = None) -> DataLoader:
+        """The data loader of one mask: the dataset's slices through its transform, then the mask's (seeded per
+        slice from (seed, mask, slice index)), in the :meth:`batches` given by index (default: all)."""
+        transform = Compose([self.dataset.transform, self.masks[mask]])
+        dataset = SliceSeeded(self.dataset.data, transform, seeds=lambda i: derived_seed(self.seed, "mask", mask, i))
+        every = self.batches()
+        chosen = [every[b] for b in (range(len(every)) if batches is None else batches)]
+        return DataLoader(dataset, batch_sampler=chosen, num_workers=0)
+
+    def batch_seed(self, batch: int) -> int:
+        """The seed of torch's generator (PGD's random start) for batch ``batch``, the same in every cell."""
+        return derived_seed(self.seed, "batch", batch)
 
     def descriptions(self) -> dict[str, dict[str, Any]]:
         """Each cell's stamp description (cell label -> description), computed before any cell runs (running a
-        cell advances the mask transforms' random state)."""
+        cell changes the mask transforms' random state)."""
         data = list(self.dataset.data)
         ckpt = self.classifier_ckpt  # the network may also be given as an id, without this file
         classifier = {"checkpoint": file_digest(ckpt) if ckpt and Path(ckpt).is_file() else None,
@@ -153,22 +176,25 @@ class AttackGridRunner:
 
     def run_cell(self, cell: AttackCell, description: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Run one cell; return ``{"summary", "rows"}`` and save it under ``cells/``, stamped with ``description``
-        (default: :meth:`descriptions`)."""
-        description = self.descriptions()[cell.label] if description is None else description
-        torch.manual_seed(self.seed)
-        key = "targeted_success" if cell.targeted else "asr"
+        (default: :meth:`descriptions`).
+
+        Under ``torch.distributed`` every rank must call it: each attacks its :meth:`shard`, the rows are gathered
+        (every rank returns them all, in slice order) and rank 0 alone saves the cell, logs it and keeps its image
+        grid (of batch 0, which is rank 0's)."""
+        main, mine = is_main(), shard(len(self.batches()))
         recorder = PerSampleRecorder(columns=cell.row())
         grid = AttackImageGrid(max_samples=self.image_samples, eps=cell.eps)
-        evaluator = AttackEvaluator(device=self.device, val_data_loader=self.loader(cell.mask), network=self.network,
-                                    inferer=cell.inferer(),
-                                    key_val_metric={key: AttackSummary(key, prefix="", targeted=cell.targeted)},
-                                    val_handlers=[recorder, grid])
-        evaluator.run()
-        summary = {**cell.row(), **evaluator.state.metrics}
-        result = {"summary": summary, "rows": recorder.rows}
-        write_stamp(self._cell_file(cell), description, **result)
-        logging.getLogger(DETAIL_LOGGER).info("%s: %s", cell.label, summary)
-        self._log(cell, summary, grid)
+        if mine:  # a rank can have none (more ranks than batches)
+            AttackEvaluator(device=self.device, val_data_loader=self.loader(cell.mask, mine), network=self.network,
+                            inferer=cell.inferer(), batch_seeds=[self.batch_seed(b) for b in mine],
+                            val_handlers=[recorder, grid] if main else [recorder]).run()
+        rows = gather_rows(mine, recorder.rows, [len(b) for b in self.batches()])
+        result = {"summary": {**cell.row(), **summarize_rows(rows, targeted=cell.targeted)}, "rows": rows}
+        if main:
+            description = self.descriptions()[cell.label] if description is None else description
+            write_stamp(self._cell_file(cell), description, **result)
+            logging.getLogger(DETAIL_LOGGER).info("%s: %s", cell.label, result["summary"])
+            self._log(cell, result["summary"], grid)
         return result
 
     def _cell_file(self, cell: AttackCell) -> Path:
@@ -222,30 +248,37 @@ class AttackGridRunner:
 
     def run(self) -> list[dict[str, Any]]:
         """Run every cell, reusing a finished one whose stamp matches, then write the tables, figures and report;
-        return the summary rows."""
+        return the summary rows (on every rank under ``torch.distributed``; rank 0 alone reads and writes files)."""
         self.network.eval()
-        descriptions = self.descriptions()
-        results, reused = [], 0
+        main = is_main()
+        descriptions = self.descriptions() if main else {}
+        found = [self._reuse(cell, descriptions[cell.label]) for cell in self.cells] if main else []
+        # rank 0 decides which cells are reused: the other ranks get their summaries, and run the same cells
+        reused_summaries = broadcast([None if r is None else r["summary"] for r, _ in found])
+        results: list[dict[str, Any]] = []
         for i, cell in enumerate(self.cells):
-            result, why = self._reuse(cell, descriptions[cell.label])
-            if result is not None:
-                reused += 1
-                results.append(result)
-                self._log_scalars(cell, result["summary"])  # this run's TensorBoard shows every cell
-                grid = self._grid_file(cell)
-                if self._wants_grid(cell) and grid.is_file():
-                    self.figures["grids"].append(grid)
+            if reused_summaries[i] is not None:
+                results.append(found[i][0] if main else {"summary": reused_summaries[i], "rows": []})
+                if main:
+                    self._log_scalars(cell, reused_summaries[i])  # this run's TensorBoard shows every cell
+                    grid = self._grid_file(cell)
+                    if self._wants_grid(cell) and grid.is_file():
+                        self.figures["grids"].append(grid)
                 continue
-            if why:
-                print(f"[attack grid] {i + 1}/{len(self.cells)} {cell.label} (recomputing: {why})", flush=True)
+            if main and found[i][1]:
+                print(f"[attack grid] {i + 1}/{len(self.cells)} {cell.label} (recomputing: {found[i][1]})", flush=True)
             start = time.perf_counter()
-            results.append(self.run_cell(cell, descriptions[cell.label]))
-            print(f"[attack grid] {i + 1}/{len(self.cells)} {_cell_line(results[-1]['summary'])} "
-                  f"({time.perf_counter() - start:.1f} s)", flush=True)
-        if reused:
+            result = self.run_cell(cell, descriptions.get(cell.label))
+            results.append(result if main else {"summary": result["summary"], "rows": []})  # rows: rank 0's
+            if main:
+                print(f"[attack grid] {i + 1}/{len(self.cells)} {_cell_line(result['summary'])} "
+                      f"({time.perf_counter() - start:.1f} s)", flush=True)
+        reused = sum(s is not None for s in reused_summaries)
+        if main and reused:
             print(f"attack grid: reused {reused} finished cells of {self.output_dir / 'cells'}", flush=True)
         summary = [r["summary"] for r in results]
-        self.write(summary, [row for r in results for row in r["rows"]])
+        if main:
+            self.write(summary, [row for r in results for row in r["rows"]])
         return summary
 
     # ------------------------------------------------------------------------------------------ outputs
@@ -319,12 +352,12 @@ class AttackGridRunner:
         if not attacked:
             return None
         cell = max(attacked, key=lambda c: (c.mask == "none", c.eps, c.name == "pgd"))
-        batch = next(iter(self.loader(cell.mask)))
+        batch = next(iter(self.loader(cell.mask, [0])))
         pos = torch.nonzero(batch["label"].reshape(-1) > 0).reshape(-1)[: self.image_samples]
         order = pos if len(pos) else torch.arange(min(self.image_samples, len(batch["label"])))
         sub = {k: (v[order] if isinstance(v, torch.Tensor) else [v[i] for i in order]) for k, v in batch.items()}
         evaluator = AttackEvaluator(device=self.device, val_data_loader=[sub], network=self.network,
-                                    inferer=cell.inferer())
+                                    inferer=cell.inferer(), batch_seeds=[self.batch_seed(0)])
         evaluator.run()
         out = evaluator.state.output
         titles = [f"{s} z={int(z)}" for s, z in zip(sub["subject"], sub["slice_index"])]
@@ -344,6 +377,13 @@ class AttackGridRunner:
                  "(clean and robust accuracy), `n_asr` the clean-correct attackable slices (non-empty mask) that ASR "
                  "divides by; `asr_all` divides by every clean-correct slice. eps in units of 1/255.", "",
                  markdown_table(summary, cols), ""]
+        if len({s["eps_255"] for s in summary if s["attack"] != CLEAN}) > 1:
+            lines += ["## Robust accuracy by attack and eps", "",
+                      "Untargeted cells; `grad evals` and `queries` are each attack's budget of model evaluations per "
+                      "slice at the largest eps (forward and backward passes; forward passes alone). "
+                      "AutoAttack-style is this project's ensemble (APGD-CE, APGD-T for 4 or more classes, then "
+                      "Square, each on the slices still robust), not the standard AutoAttack.", "",
+                      eps_table(summary), ""]
         if ranking:
             lines += ["## Masks ranked by attack success", "",
                       markdown_table(ranking, ["rank", "mask", "attack", "eps_255", "n_asr", "asr", "mean_coverage",
@@ -364,6 +404,14 @@ class AttackGridRunner:
         path = save_text(text, self.output_dir / "report.md")
         write_html(text, self.output_dir / "report.html", title=self.title)
         return path
+
+
+def summarize_rows(rows: Sequence[Mapping[str, Any]], targeted: bool = False) -> dict[str, float]:
+    """:func:`~medadv_monai.metrics.summarize_columns` of per-sample rows (a :class:`~medadv_monai.handlers.
+    PerSampleRecorder`'s): a cell's summary, computed from its rows alone, so the rows gathered from several ranks
+    summarise as one process's do."""
+    columns = {k: [row[k] for row in rows] for k in (rows[0] if rows else ())}
+    return summarize_columns(columns, targeted=targeted)
 
 
 def _settings(description: Any) -> Any:

@@ -10,11 +10,12 @@ from medadv_monai.visualize.figures import (
     plot_ranking,
     plot_robust_accuracy,
 )
-from medadv_monai.visualize.report import markdown_table, write_html
+from medadv_monai.visualize.report import eps_table, markdown_table, write_html
 
 __all__ = [
     "adversarial_grid",
     "attack_examples",
+    "eps_table",
     "gradcam_figure",
     "markdown_table",
     "plot_asr_by_coverage",

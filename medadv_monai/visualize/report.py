@@ -12,7 +12,7 @@ from typing import Any
 from medadv_monai.attacks.registry import display_name
 from medadv_monai.utils import save_text
 
-__all__ = ["markdown_table", "write_html"]
+__all__ = ["eps_table", "markdown_table", "write_html"]
 
 
 def _cell(v: Any) -> str:
@@ -42,6 +42,31 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(_show(r, c) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def eps_table(rows: Sequence[Mapping[str, Any]], value: str = "robust_acc") -> str:
+    """A markdown table of ``value`` with one row per attack (and mask) and one column per eps: the layout of a
+    benchmark protocol such as Adv_MIA's. Untargeted cells only; with an interval as :func:`markdown_table` shows
+    it; the cost columns of :func:`~medadv_monai.attacks.registry.attack_cost` beside each attack (largest eps).
+    """
+    cells = [r for r in rows if not r.get("targeted") and r.get("attack") != "clean"]
+    eps = sorted({r["eps_255"] for r in cells})
+    keys = list(dict.fromkeys((r["attack"], r["mask"]) for r in cells))
+    masks = {m for _, m in keys}
+    table = []
+    for attack, mask in keys:
+        mine = {r["eps_255"]: r for r in cells if (r["attack"], r["mask"]) == (attack, mask)}
+        row: dict[str, Any] = {"attack": attack, "mask": mask}
+        for e in eps:
+            if e in mine:
+                row[f"{e:g}"] = _show(mine[e], value)
+        last = mine[max(mine)]
+        row["grad_evals"], row["queries"] = last.get("grad_evals", ""), last.get("queries", "")
+        table.append(row)
+    columns = ["attack", *(["mask"] if len(masks) > 1 else []), *(f"{e:g}" for e in eps), "grad_evals", "queries"]
+    headers = ["attack", *(["mask"] if len(masks) > 1 else []), *(f"eps {e:g}/255" for e in eps), "grad evals",
+               "queries"]
+    return markdown_table(table, columns, headers)
 
 
 def write_html(markdown_text: str, path: str | os.PathLike, title: str = "report") -> Path:
