@@ -85,3 +85,46 @@ def test_apgd_through_the_registry_and_the_inferer():
     torch.testing.assert_close(inferer.perturb(x, model, labels=y), adv)
     targeted = AdversarialInferer("apgd", targeted=True, eps=EPS, steps=5).perturb(x, model, targets=1 - y)
     assert ((targeted - x).abs() <= EPS + 1e-6).all()
+
+
+class Recording(torch.nn.Module):
+    """A small nonlinear 2-class model that records every input it is called with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Flatten(),
+                                       torch.nn.Linear(4 * 8 * 8, 2))
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return self.net(x)
+
+
+def test_early_stop_freezes_each_sample_at_its_first_fooling_iterate():
+    model = Recording()
+    x = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        model.net[0].weight.mul_(20.0)  # a sharp nonlinearity: some samples need more than APGD's first step
+        model.net[-1].bias.sub_(model.net(x).median(dim=0).values)  # centre the logit gap: small margins
+        y = model.net(x).argmax(1)
+    frozen_late = 0
+    for early in (True, False):
+        model.seen.clear()
+        adv = apgd(model, x, y, eps=0.05, steps=20, early_stop=early)
+        with torch.no_grad():
+            fooled = torch.stack([model.net(s).argmax(1) != y for s in model.seen])  # (calls, N)
+        moved_after = 0
+        for i in torch.nonzero(fooled.any(0)).reshape(-1).tolist():
+            first = int(fooled[:, i].nonzero()[0, 0])
+            later = torch.stack([s[i] for s in model.seen[first:]])
+            if early:
+                assert (later == model.seen[first][i]).all(), i  # frozen from its first fooling iterate on
+                assert torch.equal(adv[i], model.seen[first][i])
+                frozen_late += first >= 2
+            else:
+                moved_after += not bool((later == model.seen[first][i]).all())
+        if not early:
+            assert moved_after > 0  # without early_stop the fooled samples move on: the check above can fail
+    assert frozen_late > 0  # some samples were fooled only after the first steps

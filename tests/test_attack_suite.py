@@ -39,10 +39,13 @@ def inputs(n: int = 256) -> torch.Tensor:
 
 
 def test_registry_names_defaults_and_costs():
-    assert get_attack("CW-L2") is get_attack("cw") and display_name("cw_l2") == "CW-L2"
+    assert get_attack("CW-L2") is get_attack("carlini-wagner") and display_name("cw_l2") == "CW-L2"
+    with pytest.raises(MedAdvInputError, match=r"'cw' is ambiguous: 'cw_l2' is Carlini-Wagner L2.*loss: margin"):
+        get_attack("cw")  # the Adv_MIA survey's "CW" is a margin-loss PGD
     assert display_name("autoattack") == "AutoAttack-style" and display_name("square") == "Square"
     # the registry fills in only what an attack needs and has no default of its own
     assert attack_kwargs("pgd")["steps"] == 10 and "steps" not in attack_kwargs("apgd")
+    assert attack_kwargs("pgd")["eps"] == pytest.approx(8 / 255) and "eps" not in attack_kwargs("cw_l2")  # no cap
     assert attack_cost("fgsm") == {"grad_evals": 1, "queries": 0}
     assert attack_cost("pgd", steps=20) == {"grad_evals": 20, "queries": 0}
     assert attack_cost("apgd") == {"grad_evals": 101, "queries": 0}
@@ -103,10 +106,16 @@ def test_autoattack_style_runs_members_on_the_still_robust_samples():
     y = model(x).argmax(1)
     y[:4] = 1 - y[:4]  # four samples the model gets wrong already
     eps = 1 / 255
-    result = run_autoattack(model, x, y, eps=eps, steps=10, queries=100, generator=torch.Generator().manual_seed(0))
+    calls: list[int] = []
+    counting = lambda t: (calls.append(len(t)), model(t))[1]  # noqa: E731 - the batch size of every model call
+    result = run_autoattack(counting, x, y, eps=eps, steps=10, queries=100, generator=torch.Generator().manual_seed(0))
     acc = result.robust_accuracy
     assert list(acc) == ["clean", "apgd-ce", "square"]  # no APGD-T for a 2-class model
     assert acc["clean"] == pytest.approx(60 / 64) and acc["clean"] >= acc["apgd-ce"] >= acc["square"]
+    # APGD-CE sees the 60 clean-correct samples, Square only those still robust after it (never more)
+    after_apgd = round(acc["apgd-ce"] * 64)
+    assert calls[0] == 64 and calls[1] == 60 and 0 < after_apgd < 60
+    assert after_apgd in calls[2:] and max(calls[calls.index(after_apgd, 2):]) == after_apgd
     robust = model(result.x_adv).argmax(1) == y
     assert robust.float().mean().item() == pytest.approx(acc["square"])
     assert result.fooled_by[:4] == ["clean"] * 4

@@ -83,7 +83,9 @@ def attack_cases(draw):
         spatial=spatial,
         n=draw(st.integers(1, 3)),
         channels=draw(st.sampled_from([1, 2])),
-        k=draw(st.sampled_from([1, 2, 3])),
+        k=draw(st.sampled_from([1, 2, 3, 4])),  # 4: APGD-T inside the AutoAttack-style ensemble
+        early_stop=draw(st.booleans()),
+        dlr=draw(st.booleans()),
         kind=draw(st.sampled_from(["linear", "conv"])),
         eps=draw(st.one_of(st.just(0.0), st.floats(1e-3, 0.5))),
         per_sample_eps=draw(st.booleans()),
@@ -132,7 +134,13 @@ def test_attack_properties(case: dict[str, Any]) -> None:
     x0, y0 = x.clone(), y.clone()
     m0 = mask.clone() if mask is not None else None
 
-    out = call_attack(case["name"], model, x, y, eps, mask=mask, targeted=case["targeted"], init_delta=init_delta)
+    extra: dict[str, Any] = {}
+    if case["name"] in ("bim", "pgd", "mifgsm", "apgd"):
+        extra["early_stop"] = case["early_stop"]
+    if case["name"] == "apgd" and case["dlr"] and case["k"] >= 3 and not case["targeted"]:
+        extra["loss"] = "dlr"
+    out = call_attack(case["name"], model, x, y, eps, mask=mask, targeted=case["targeted"], init_delta=init_delta,
+                      **extra)
 
     m_full = torch.ones_like(x) if mask is None else mask.expand_as(x)
     assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
@@ -165,7 +173,7 @@ def test_attack_properties(case: dict[str, Any]) -> None:
         ei = eps[i : i + 1] if isinstance(eps, torch.Tensor) else eps
         oi = call_attack(
             case["name"], model, x[i : i + 1], y[i : i + 1], ei, mask=mi, targeted=case["targeted"],
-            init_delta=init_delta[i : i + 1],
+            init_delta=init_delta[i : i + 1], **extra,
         )
         torch.testing.assert_close(oi[0], out[i], atol=1e-6, rtol=0)
 

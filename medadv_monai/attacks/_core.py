@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from medadv_monai.attacks.checks import check_unit_range, fmt, per_sample
+from medadv_monai.attacks.checks import check_generator, check_unit_range, fmt, per_sample
 from medadv_monai.attacks.margin import margin
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.utils.checks import check_bool
@@ -337,8 +337,7 @@ def random_start(setup: AttackSetup, generator: torch.Generator | None) -> torch
     ``generator`` may live on another device than ``x``; the noise is drawn there and moved.
     """
     x = setup.x
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise MedAdvInputError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    check_generator(generator)
     dev = generator.device if generator is not None else x.device
     r = torch.rand(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
     d0 = (r * 2.0 - 1.0) * setup.budget

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from medadv_monai.attacks._core import LossFn, grad_context, prepare
 from medadv_monai.attacks.checks import check_steps
-from medadv_monai.attacks.margin import as_two_logits, margin
+from medadv_monai.attacks.margin import margin, two_logit_model
 from medadv_monai.errors import MedAdvInputError
 
 __all__ = ["APGD_LOSSES", "apgd", "apgd_checkpoints", "dlr_loss"]
@@ -53,8 +53,9 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None
     k = logits.shape[1]
     need = 3 if targets is None else 4
     if k < need:
+        what = "2 (a single-logit model runs as the two logits (0, z))" if k == 2 else str(k)
         raise MedAdvInputError(f"the {'targeted ' if targets is not None else ''}DLR loss needs at least {need} "
-                               f"classes, the model has {k}; use loss='ce'")
+                               f"classes, the model has {what}; use loss='ce'")
     srt = logits.sort(dim=1, descending=True).values
     z_y = logits.gather(1, y.reshape(-1, 1))[:, 0]
     if targets is None:
@@ -104,6 +105,11 @@ def apgd(
 
     Raises:
         MedAdvInputError: a bad argument, or DLR on a model with too few classes.
+
+    Example:
+        >>> model.eval()  # doctest: +SKIP
+        >>> x_adv = apgd(model, x, y, eps=8 / 255, steps=100)  # doctest: +SKIP
+        >>> x_fast = apgd(model, x, y, eps=8 / 255, steps=100, early_stop=True)  # doctest: +SKIP
     """
     if loss not in APGD_LOSSES:
         raise MedAdvInputError(f"loss must be one of {list(APGD_LOSSES)}, got {loss!r}")
@@ -111,11 +117,14 @@ def apgd(
     dlr_targeted = loss == "dlr" and targeted
     if dlr_targeted and targets is None:
         raise MedAdvInputError("targeted DLR needs targets (y holds the true labels)")
+    if targets is not None and not dlr_targeted:
+        raise MedAdvInputError("targets are for targeted DLR (loss='dlr', targeted=True); with loss='ce' and "
+                               "targeted=True, y holds the targets")
     # targeted DLR is maximised (it rises as z_t overtakes z_y), so it runs as an ascent
-    setup = prepare(lambda t: as_two_logits(model(t)), x, y, eps=eps, targeted=targeted and not dlr_targeted, mask=mask,
+    setup = prepare(two_logit_model(model), x, y, eps=eps, targeted=targeted and not dlr_targeted, mask=mask,
                     loss_fn=loss_fn, early_stop=early_stop)
     objective = setup.objective
-    t = None if targets is None else torch.as_tensor(targets, device=setup.x.device).reshape(-1).long()
+    t = None if targets is None else _check_targets(targets, setup.x)
     if loss == "dlr" and loss_fn is None:
         objective.use_loss(lambda out, labels: dlr_loss(out, labels, t))
     sign = setup.sign
@@ -129,6 +138,12 @@ def apgd(
 
     x_k = setup.x.clone()
     g, l_k, out = objective.evaluate(x_k)
+    if t is not None:  # once, outside the loop: the class count is known now
+        k, bad = out.shape[1], (t < 0) | (t >= out.shape[1]) | (t == objective.y.reshape(-1))
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise MedAdvInputError(f"targets must be class ids in [0, {k - 1}] that differ from the true labels y, "
+                                   f"got target {int(t[i])} for sample {i} (label {int(objective.y.reshape(-1)[i])})")
     l_k = sign * l_k
     x_best, l_best, g_best = x_k.clone(), l_k.clone(), g
     # the best fooling iterate (judged on the model's decision, so only without loss_fn)
@@ -160,6 +175,7 @@ def apgd(
             if k + 1 in checkpoints:
                 window = k + 1 - last_check
                 few = increases < RHO * window
+                # as the paper states it (torchattacks instead never counts the first checkpoint as "stuck")
                 stuck = (eta == eta_at_check).view(-1) & (l_best == best_at_check)
                 halve = few | stuck
                 eta = torch.where(halve.view(view), eta / 2, eta)
@@ -169,6 +185,19 @@ def apgd(
                 last_check, increases = k + 1, torch.zeros_like(increases)
                 eta_at_check, best_at_check = eta.clone(), l_best.clone()
     return torch.where(torch.isfinite(l_fooled).view(view), x_fooled, x_best).detach()
+
+
+def _check_targets(targets: Any, x: torch.Tensor) -> torch.Tensor:
+    """Targets of targeted DLR as ``(N,)`` long class ids (their range is checked against the model's output)."""
+    n = x.shape[0]
+    t = torch.as_tensor(targets)
+    if t.numel() != n or t.is_complex() or t.dtype == torch.bool:
+        raise MedAdvInputError(f"targets must be {n} integer class ids (one per sample), got shape {tuple(t.shape)} "
+                               f"and dtype {t.dtype}")
+    t = t.reshape(n).to(x.device)
+    if t.is_floating_point() and bool((t != t.round()).any()):
+        raise MedAdvInputError("targets must be integer class ids, got non-integer values")
+    return t.long()
 
 
 def _keep_fooled(judge: Callable[[Any], torch.Tensor] | None, out: Any, x: torch.Tensor, loss: torch.Tensor,

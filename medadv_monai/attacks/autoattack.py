@@ -25,8 +25,8 @@ import torch
 
 from medadv_monai.attacks._core import grad_context, prepare
 from medadv_monai.attacks.apgd import apgd
-from medadv_monai.attacks.checks import check_steps
-from medadv_monai.attacks.margin import as_two_logits, margin
+from medadv_monai.attacks.checks import check_generator, check_steps
+from medadv_monai.attacks.margin import as_two_logits, margin, two_logit_model
 from medadv_monai.attacks.square import square
 from medadv_monai.utils.checks import check_int
 
@@ -50,10 +50,12 @@ class AutoAttackResult:
 
 
 def _rows(value: Any, idx: torch.Tensor, n: int) -> Any:
-    """Rows ``idx`` of a per-sample tensor (first dim ``n > 1``); shared values (floats, ``(1, ...)`` masks) as is."""
-    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == n and n > 1:
-        return value[idx]
-    return value
+    """Rows ``idx`` of a per-sample value (a tensor or array whose first dim is ``n > 1``); shared values (floats,
+    ``(1, ...)`` masks) as they are."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    t = torch.as_tensor(value)
+    return t[idx.to(t.device)] if t.ndim > 0 and t.shape[0] == n and n > 1 else t
 
 
 @grad_context()
@@ -86,10 +88,16 @@ def run_autoattack(
 
     Raises:
         MedAdvInputError: a bad argument (checked before any member runs).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)  # doctest: +SKIP
+        >>> result = run_autoattack(model, x, y, eps=8 / 255, generator=g)  # doctest: +SKIP
+        >>> result.robust_accuracy  # {"clean": ..., "apgd-ce": ..., "square": ...}  # doctest: +SKIP
     """
     n_steps, n_queries = check_steps(steps), check_int(queries, "queries", 1)
     n_tgt = check_int(n_targets, "n_targets", 1)
-    setup = prepare(lambda t: as_two_logits(model(t)), x, y, eps=eps, targeted=targeted, mask=mask, loss_fn=None)
+    check_generator(generator)  # Square's, checked before any member runs
+    setup = prepare(two_logit_model(model), x, y, eps=eps, targeted=targeted, mask=mask, loss_fn=None)
     x, n, objective = setup.x, setup.x.shape[0], setup.objective
     logits = objective.output(x)  # checks the output and labels as every attack does
     labels = objective.y.reshape(n).long()

@@ -56,6 +56,11 @@ def bim(
 
     Raises:
         MedAdvInputError: for any invalid argument.
+
+    Example:
+        >>> model.eval()  # doctest: +SKIP
+        >>> x_adv = bim(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10)  # doctest: +SKIP
+        >>> x_t = bim(model, x, 1 - y, eps=8 / 255, alpha=2 / 255, steps=10, targeted=True)  # doctest: +SKIP
     """
     setup = prepare(model, x, y, eps=eps, targeted=targeted, mask=mask, loss_fn=loss_fn,
                     early_stop=early_stop)

@@ -11,7 +11,7 @@ import torch
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.utils.checks import check_int, check_nonneg
 
-__all__ = ["check_alpha", "check_decay", "check_steps", "check_unit_range", "fmt", "per_sample"]
+__all__ = ["check_alpha", "check_decay", "check_generator", "check_steps", "check_unit_range", "fmt", "per_sample"]
 
 
 def fmt(v: float) -> str:
@@ -73,3 +73,10 @@ def check_unit_range(t: torch.Tensor, name: str, hint: str = "") -> None:
     if nan or lo < 0 or hi > 1:
         raise MedAdvInputError(f"{name} must have values in [0, 1], got min {fmt(lo)}, max {fmt(hi)}"
                                + (" and NaNs" if nan else "") + hint)
+
+
+def check_generator(generator: Any) -> torch.Generator | None:
+    """Validate an attack's source of random draws: a ``torch.Generator`` (on any device) or ``None``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise MedAdvInputError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator

@@ -55,28 +55,19 @@ search per sample), so a sample's result does not depend on its batch-mates; no 
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, Callable
 
 import torch
 
 from medadv_monai.attacks._core import LossFn, grad_context, prepare
-from medadv_monai.attacks.checks import check_steps, fmt
+from medadv_monai.attacks.checks import check_steps
 from medadv_monai.attacks.margin import margin
-from medadv_monai.errors import MedAdvInputError
-from medadv_monai.utils.checks import check_int, check_nonneg
+from medadv_monai.utils.checks import check_int, check_nonneg, check_positive
 
 __all__ = ["cw_l2"]
 
 BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 START_CLIP = 1e-6  # the start u0 stays this far from the box bounds, so the gradient there is non-zero
-
-
-def _check_positive(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        shown = fmt(float(value)) if isinstance(value, numbers.Real) and not isinstance(value, bool) else repr(value)
-        raise MedAdvInputError(f"{what} must be a finite number > 0, got {shown}")
-    return float(value)
 
 
 @grad_context()
@@ -120,12 +111,17 @@ def cw_l2(
 
     Raises:
         MedAdvInputError: a bad argument (the message names it and what was expected).
+
+    Example:
+        >>> model.eval()  # doctest: +SKIP
+        >>> x_adv = cw_l2(model, x, y, steps=100, binary_steps=9)  # doctest: +SKIP
+        >>> l2 = (x_adv - x).flatten(1).norm(dim=1)  # 0 where the attack failed  # doctest: +SKIP
     """
     n_steps = check_steps(steps)
     n_rounds = check_int(binary_steps, "binary_steps", 1)
-    c0 = _check_positive(c, "c")
+    c0 = check_positive(c, "c")
     kap = check_nonneg(kappa, "kappa")
-    rate = _check_positive(lr, "lr")
+    rate = check_positive(lr, "lr")
     setup = prepare(model, x, y, eps=eps, targeted=targeted, mask=mask, loss_fn=loss_fn)
     tgt = bool(targeted)  # validated by prepare()
     objective = setup.objective

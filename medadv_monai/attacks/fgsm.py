@@ -45,6 +45,11 @@ def fgsm(
 
     Raises:
         MedAdvInputError: for invalid ``x``, ``y``, ``eps``, ``mask`` or model output.
+
+    Example:
+        >>> model.eval()  # doctest: +SKIP
+        >>> x_adv = fgsm(model, x, y, eps=4 / 255, mask=tumour_mask)  # doctest: +SKIP
+        >>> (x_adv - x).abs().max() <= 4 / 255  # doctest: +SKIP
     """
     setup = prepare(model, x, y, eps=eps, targeted=targeted, mask=mask, loss_fn=loss_fn)
     g = setup.objective(setup.x)

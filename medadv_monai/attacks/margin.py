@@ -6,12 +6,12 @@ A single-logit model :math:`z \\in \\mathbb{R}^{N \\times 1}` is the two-class m
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["as_two_logits", "margin"]
+__all__ = ["as_two_logits", "margin", "two_logit_model"]
 
 
 def as_two_logits(out: Any) -> Any:
@@ -19,6 +19,11 @@ def as_two_logits(out: Any) -> Any:
     if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] == 1:
         return torch.cat([torch.zeros_like(out), out], dim=1)
     return out
+
+
+def two_logit_model(model: Callable[[torch.Tensor], Any]) -> Callable[[torch.Tensor], Any]:
+    """``model`` with its outputs through :func:`as_two_logits` (the model itself is used as given)."""
+    return lambda x: as_two_logits(model(x))
 
 
 def margin(logits: torch.Tensor, labels: torch.Tensor, targeted: bool = False) -> torch.Tensor:

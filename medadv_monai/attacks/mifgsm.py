@@ -60,6 +60,11 @@ def mifgsm(
 
     Raises:
         MedAdvInputError: for any invalid argument.
+
+    Example:
+        >>> model.eval()  # doctest: +SKIP
+        >>> x_adv = mifgsm(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10, decay=1.0)  # doctest: +SKIP
+        >>> x_ring = mifgsm(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10, mask=ring)  # doctest: +SKIP
     """
     setup = prepare(model, x, y, eps=eps, targeted=targeted, mask=mask, loss_fn=loss_fn,
                     early_stop=early_stop)

@@ -13,7 +13,7 @@ import torch
 from medadv_monai.attacks._core import LossFn, grad_context, prepare, project_delta_start, run_sign_loop
 from medadv_monai.attacks._core import random_start as _random_start
 from medadv_monai.attacks.checks import check_alpha, check_steps
-from medadv_monai.attacks.margin import as_two_logits, margin
+from medadv_monai.attacks.margin import margin, two_logit_model
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.utils.checks import check_choice, check_nonneg
 
@@ -83,13 +83,18 @@ def pgd(
 
     Raises:
         MedAdvInputError: for any invalid argument.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)  # doctest: +SKIP
+        >>> x_adv = pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10, generator=g)  # doctest: +SKIP
+        >>> x_cw = pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=30, loss="margin", kappa=50)  # doctest: +SKIP
     """
     loss = check_choice(loss, PGD_LOSSES, "pgd loss")
     kappa = check_nonneg(kappa, "kappa")
     if loss == "margin" and loss_fn is not None:
         raise MedAdvInputError("pgd takes loss='margin' or a loss_fn, not both")
     if loss == "margin":
-        model = _two_logits_of(model)
+        model = two_logit_model(model)
     setup = prepare(model, x, y, eps=eps, targeted=targeted, mask=mask, loss_fn=loss_fn, early_stop=early_stop)
     if loss == "margin":  # ascended untargeted, descended targeted (the core's sign), so the sign flips with it
         direction = 1.0 if targeted else -1.0
@@ -105,7 +110,3 @@ def pgd(
         x0 = setup.x
     return run_sign_loop(setup, x0, alpha=a, steps=n)
 
-
-
-def _two_logits_of(model: Callable[[torch.Tensor], Any]) -> Callable[[torch.Tensor], Any]:
-    return lambda t: as_two_logits(model(t))

@@ -42,7 +42,7 @@ ATTACKS: Mapping[str, AttackFn] = {"fgsm": fgsm, "bim": bim, "pgd": pgd, "mifgsm
                                    "cwl2": cw_l2, "square": square, "autoattack": autoattack, "advgan": advgan}
 """Canonical name -> attack function."""
 
-_ALIASES = {"ifgsm": "bim", "mi": "mifgsm", "mim": "mifgsm", "cw": "cwl2", "aa": "autoattack"}
+_ALIASES = {"ifgsm": "bim", "mi": "mifgsm", "mim": "mifgsm", "carliniwagner": "cwl2", "aa": "autoattack"}
 
 DISPLAY_NAMES: Mapping[str, str] = {"fgsm": "FGSM", "bim": "BIM", "pgd": "PGD", "mifgsm": "MI-FGSM", "apgd": "APGD",
                                     "cwl2": "CW-L2", "square": "Square", "autoattack": "AutoAttack-style",
@@ -63,6 +63,9 @@ def _canonical(name: str) -> str:
         raise MedAdvInputError(f"attack name must be a string, one of {available_attacks()}, got {name!r}")
     key = name.strip().lower().replace("-", "").replace("_", "")
     key = _ALIASES.get(key, key)
+    if key == "cw":
+        raise MedAdvInputError("attack 'cw' is ambiguous: 'cw_l2' is Carlini-Wagner L2; the Adv_MIA survey's \"CW\" is "
+                               "PGD on the margin loss: {attack: pgd, loss: margin, kappa: 50, steps: 30}")
     if key not in ATTACKS:
         raise MedAdvInputError(f"unknown attack {name!r}; expected one of {available_attacks()}")
     return key
@@ -107,7 +110,8 @@ def attack_kwargs(name: str, **kwargs: Any) -> dict[str, Any]:
         raise MedAdvInputError(f"attack {key!r} does not take {unknown}; it accepts {accepted}")
     out = dict(kwargs)
     required = {p for p, v in params.items() if v.default is inspect.Parameter.empty}
-    out.setdefault("eps", DEFAULT_EPS)
+    if "eps" in required:
+        out.setdefault("eps", DEFAULT_EPS)
     if "alpha" in required:
         out.setdefault("alpha", default_alpha(out["eps"]))
     if "steps" in required:
@@ -130,11 +134,13 @@ def _cost_of(key: str, kw: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def attack_cost(name: str, **kwargs: Any) -> dict[str, int]:
-    """The most model evaluations an attack spends per sample with ``kwargs`` (the attack's own defaults for the
-    rest): ``grad_evals``, forward and backward passes (FGSM 1, BIM/PGD/MI-FGSM ``steps``, APGD ``steps + 1``,
-    CW-L2 ``steps * binary_steps``, the AutoAttack-style ensemble its APGD runs), and ``queries``, forward passes
-    alone (Square, and the ensemble's Square). Attacks that stop early on success (Square, ``early_stop``) may
-    spend less.
+    """The budget of model evaluations an attack may spend per sample with ``kwargs`` (the attack's own defaults
+    for the rest), an upper bound: ``grad_evals``, forward and backward passes (FGSM 1, BIM/PGD/MI-FGSM ``steps``,
+    APGD ``steps + 1``, CW-L2 ``steps * binary_steps``, the AutoAttack-style ensemble its APGD-CE run and
+    ``n_targets`` APGD-T runs, which happen only for models with 4 or more classes), and ``queries``, forward passes
+    alone (Square, and the ensemble's Square). The one forward pass per attack (or ensemble member) that checks the
+    clean or final decision is not counted. Samples that stop early on success (Square, ``early_stop``, the
+    ensemble's later members) spend less.
     """
     key = _canonical(name)
     params = inspect.signature(ATTACKS[key]).parameters
@@ -151,7 +157,7 @@ def run_attack(name: str, model: Callable[[torch.Tensor], Any], x: torch.Tensor,
         >>> x_adv = run_attack("pgd", model, x, y, eps=4 / 255, mask=tumour_mask)  # doctest: +SKIP
 
     Args:
-        name: ``"fgsm"``, ``"bim"``, ``"pgd"`` or ``"mifgsm"`` (see :func:`get_attack`).
+        name: a registry name (:func:`available_attacks`; see :func:`get_attack`).
         model: the model to attack (used as given).
         x: inputs in ``[0, 1]``, ``(N, C, *spatial)``.
         y: labels, or targets with ``targeted=True``.

@@ -54,9 +54,9 @@ from typing import Any, Callable
 
 import torch
 
-from medadv_monai.attacks._core import LossFn, grad_context, prepare
-from medadv_monai.attacks.checks import fmt
-from medadv_monai.attacks.margin import as_two_logits, margin
+from medadv_monai.attacks._core import LossFn, _as_plain, grad_context, prepare
+from medadv_monai.attacks.checks import check_generator, fmt
+from medadv_monai.attacks.margin import as_two_logits, margin, two_logit_model
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.utils.checks import check_int
 
@@ -92,10 +92,6 @@ def _check_p_init(p_init: Any) -> float:
         raise MedAdvInputError(f"p_init must be a number in (0, 1] (the fraction of the image the first squares "
                                f"cover), got {shown}")
     return float(p_init)
-
-
-def _plain(t: Any) -> torch.Tensor:
-    return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) and type(t) is not torch.Tensor else t
 
 
 class _Windows:
@@ -184,13 +180,17 @@ def square(
 
     Raises:
         MedAdvInputError: for any invalid argument, model output or label.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)  # doctest: +SKIP
+        >>> x_adv = square(model, x, y, eps=8 / 255, queries=5000, generator=g)  # doctest: +SKIP
+        >>> x_patch = square(model, x, y, eps=8 / 255, queries=1000, mask=patch, generator=g)  # doctest: +SKIP
     """
     n_queries = check_int(queries, "queries", 1)
     p0 = _check_p_init(p_init)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise MedAdvInputError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    check_generator(generator)
     use_margin = loss_fn is None
-    setup = prepare((lambda t: as_two_logits(model(t))) if use_margin else model, x, y, eps=eps, targeted=targeted,
+    setup = prepare(two_logit_model(model) if use_margin else model, x, y, eps=eps, targeted=targeted,
                     mask=mask, loss_fn=loss_fn)
     x0, lo, hi = setup.x, setup.lo, setup.hi
     n, c, spatial = x0.shape[0], x0.shape[1], tuple(x0.shape[2:])
@@ -209,7 +209,7 @@ def square(
         editable = (hi > lo).any(dim=1, keepdim=True)  # (N, 1, *S): where eps * m > 0
         x_best = x0.clone()
         if use_margin:
-            clean = _plain(setup.objective.output(x0))  # validates the output and the labels
+            clean = _as_plain(setup.objective.output(x0))  # validates the output and the labels
             labels = setup.objective.y.reshape(n)
             ids = torch.nonzero(~(margin(clean, labels, is_targeted) < 0) & editable.flatten(1).any(1)).reshape(-1)
         else:
@@ -222,13 +222,13 @@ def square(
             """What Square minimises: the margin, or :math:`-sL` with ``loss_fn``."""
             out = model(xq)
             if use_margin:
-                return margin(_plain(as_two_logits(out)), lab, is_targeted)
+                return margin(_as_plain(as_two_logits(out)), lab, is_targeted)
             loss = loss_fn(out, lab)  # type: ignore[misc]
             if not isinstance(loss, torch.Tensor) or tuple(loss.shape) != (xq.shape[0],):
                 shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
                 raise MedAdvInputError(f"loss_fn must return a per-sample loss of shape ({xq.shape[0]},) "
                                        f"(no reduction), got {shape}")
-            return -setup.sign * _plain(loss).detach()
+            return -setup.sign * _as_plain(loss).detach()
 
         # the search runs on flat (n_a, C, V) views; x_best keeps the full batch
         lo_f, hi_f = lo.reshape(n, c, -1), hi.reshape(n, c, -1)

@@ -380,7 +380,8 @@ class AttackGridRunner:
         if len({s["eps_255"] for s in summary if s["attack"] != CLEAN}) > 1:
             lines += ["## Robust accuracy by attack and eps", "",
                       "Untargeted cells; `grad evals` and `queries` are each attack's budget of model evaluations per "
-                      "slice at the largest eps (forward and backward passes; forward passes alone). "
+                      "slice at the largest eps (forward and backward passes; forward passes alone), an upper bound "
+                      "(`medadv_monai.attacks.attack_cost`). "
                       "AutoAttack-style is this project's ensemble (APGD-CE, APGD-T for 4 or more classes, then "
                       "Square, each on the slices still robust), not the standard AutoAttack.", "",
                       eps_table(summary), ""]

@@ -23,6 +23,7 @@ from medadv_monai.utils.fingerprint import describe, file_digest, fingerprint
 __all__ = ["CLEAN", "AttackCell", "advgan_cells", "expand_grid", "patch_sweep_masks"]
 
 CLEAN = "clean"
+PER_EPS = ("alpha",)  # grid keywords that may be given as a function of the cell's eps
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class AttackCell:
 
     Attributes:
         name: row label of the attack (a key of the config's ``attacks``, e.g. ``pgd``), or ``clean``.
-        attack: registry name of the attack (``fgsm``, ``bim``, ``pgd``, ``mifgsm``, ``advgan``) or ``clean``.
+        attack: registry name of the attack (:func:`~medadv_monai.attacks.available_attacks`) or ``clean``.
         eps: L-inf budget in [0, 1] (0 for ``clean``).
         mask: name of the mask transform (a key of the config's ``masks``).
         targeted: targeted attack towards the other class (``1 - label``).
@@ -96,9 +97,9 @@ def expand_grid(
 
     Args:
         attacks: row name -> attack keywords with ``attack`` naming the registry attack (defaults to the row name),
-            e.g. ``{"pgd": {"steps": 10}, "pgd40": {"attack": "pgd", "steps": 40}}``. A keyword whose value is
-            callable is called with each cell's eps, e.g. ``alpha: "$lambda eps: max(eps / 4, 0.5 / 255)"`` in a
-            config (the survey's step sizes); the cell keeps the value.
+            e.g. ``{"pgd": {"steps": 10}, "pgd40": {"attack": "pgd", "steps": 40}}``. An ``alpha`` that is callable
+            is called with each cell's eps, e.g. ``alpha: "$lambda eps: max(eps / 4, 0.5 / 255)"`` in a config (the
+            survey's step sizes); the cell keeps the value.
         eps: budgets in [0, 1].
         masks: mask names.
         targeted: which of untargeted (False) / targeted (True) to run (a single value, or booleans written as
@@ -113,8 +114,7 @@ def expand_grid(
     targeted = list(dict.fromkeys(check_bool(t, "targeted") for t in targeted))
     cells = [AttackCell(CLEAN, CLEAN, 0.0, m) for m in masks] if clean else []
     for (name, spec), e, m, t in itertools.product(attacks.items(), eps, masks, targeted):
-        params = {k: v(float(e)) if callable(v) and not isinstance(v, torch.nn.Module) else v
-                  for k, v in spec.items()}
+        params = {k: v(float(e)) if k in PER_EPS and callable(v) else v for k, v in spec.items()}
         attack = params.pop("attack", name)
         attack_kwargs(attack, eps=float(e), **params)  # validate names and keywords now, not mid-grid
         cells.append(AttackCell(name, attack, float(e), m, t, params))

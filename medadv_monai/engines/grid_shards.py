@@ -43,9 +43,16 @@ def gather_rows(mine: Sequence[int], rows: list[Any], sizes: Sequence[int]) -> l
     if world_size() == 1:
         return rows
     by_batch: dict[int, list[Any]] = {}
-    for theirs, got in all_gather((list(mine), rows)):
+    for sender, (theirs, got, n_slices) in enumerate(all_gather((list(mine), rows, sum(sizes)))):
+        expected = sum(sizes[b] for b in theirs)
+        if n_slices != sum(sizes) or len(got) != expected:  # every rank raises: they all see the same lists
+            raise RuntimeError(f"rank {sender} attacked {n_slices} slices and sent {len(got)} rows for batches "
+                               f"{theirs}; expected {sum(sizes)} slices and {expected} rows: the ranks do not see "
+                               "the same slices")
         for b in theirs:
             by_batch[b], got = got[: sizes[b]], got[sizes[b]:]
+    if sorted(by_batch) != list(range(len(sizes))):
+        raise RuntimeError(f"the ranks attacked batches {sorted(by_batch)}, expected 0..{len(sizes) - 1}")
     return [row for b in sorted(by_batch) for row in by_batch[b]]
 
 

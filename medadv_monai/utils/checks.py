@@ -10,7 +10,7 @@ from typing import Any
 
 from medadv_monai.errors import MedAdvInputError
 
-__all__ = ["check_bool", "check_choice", "check_eps", "check_int", "check_nonneg", "format_eps"]
+__all__ = ["check_bool", "check_choice", "check_eps", "check_int", "check_nonneg", "check_positive", "format_eps"]
 
 
 _TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
@@ -48,6 +48,13 @@ def check_nonneg(value: Any, what: str) -> float:
     """A finite number >= 0 (a loss weight, a margin)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
         raise MedAdvInputError(f"{what} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_positive(value: Any, what: str) -> float:
+    """A finite number > 0 (a learning rate, a constant)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise MedAdvInputError(f"{what} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
