@@ -173,3 +173,15 @@ def test_run_benchmarks_unknown_section_and_missing_module(tmp_path, monkeypatch
     out = run_benchmarks(tmp_path / "b.json")
     assert "not_built_yet" in out["later"]["skipped"]
     assert json.loads((tmp_path / "b.json").read_text())["later"] == out["later"]
+
+
+def test_bench_peers_times_ours_against_torchattacks_on_the_bundle_classifier():
+    from medadv_monai.bench import bench_peers
+
+    r = bench_peers(batch=2, steps=2, queries=3, repeats=1)
+    assert r["model"] == "SliceClassifier" and r["shape"] == [1, 64, 64] and r["torchattacks"]
+    for name in ("apgd", "square", "cw_l2"):
+        assert r[name]["ours_s"] > 0 and r[name]["torchattacks_s"] > 0 and r[name]["ratio"] > 0
+        assert r[name]["ours_calls"] >= 1 and r[name]["torchattacks_calls"] >= 1
+    assert r["apgd"]["ours_calls"] == 3 and r["cw_l2"]["ours_calls"] == 2  # steps + 1, and steps
+    json.dumps(r)

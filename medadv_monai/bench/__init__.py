@@ -16,6 +16,7 @@ from medadv_monai.bench.advgan import bench_advgan
 from medadv_monai.bench.attacks import bench_pgd
 from medadv_monai.bench.data import bench_data
 from medadv_monai.bench.models import bundle_advgan, bundle_classifier
+from medadv_monai.bench.peers import bench_peers
 from medadv_monai.bench.realsize import bench_realsize
 from medadv_monai.bench.runner import SECTIONS, format_bench, run_benchmarks
 
@@ -23,6 +24,7 @@ __all__ = [
     "SECTIONS",
     "bench_advgan",
     "bench_data",
+    "bench_peers",
     "bench_pgd",
     "bench_realsize",
     "bundle_advgan",
