@@ -13,6 +13,16 @@ from tests.helpers import CLASSIFIER_TRAIN, bundle_copy, classifier_config
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 TINY_SHAPE = (40, 40, 20)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to a busy machine; restored afterwards. A module
+    uses it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 TINY_SUBJECTS = 8
 
 

@@ -10,13 +10,7 @@ from torch import nn
 from medadv_monai.attacks import apgd, attack_cost, attack_kwargs, display_name, get_attack
 from medadv_monai.errors import MedAdvInputError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (conftest)
 
 
 def balanced_conv(k: int = 2, seed: int = 1) -> nn.Module:

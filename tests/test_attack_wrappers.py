@@ -22,14 +22,7 @@ from medadv_monai.attacks import (
 )
 from medadv_monai.errors import MedAdvInputError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (conftest)
 
 
 def tiny_net(k: int = 1, channels: int = 1, dims: int = 2, seed: int = 0) -> nn.Module:

@@ -15,14 +15,7 @@ from torch import nn
 from medadv_monai.attacks import bim, fgsm, get_attack, mifgsm, pgd, run_attack
 from medadv_monai.errors import MedAdvInputError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (conftest)
 
 
 ATTACK_NAMES = ("fgsm", "bim", "pgd", "mifgsm")

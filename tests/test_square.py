@@ -17,13 +17,7 @@ from medadv_monai.errors import MedAdvInputError
 EPS = 8 / 255
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (conftest)
 
 
 def conv_model(dims: int, c: int, k: int, seed: int, dtype=torch.float32) -> nn.Module:
