@@ -43,6 +43,10 @@ def test_portable_paths_never_absolute(tmp_path):
 def test_provenance_records_code_packages_command_and_settings(tmp_path):
     info = provenance(tmp_path, argv=["/usr/bin/medadv", "demo", "--out", str(tmp_path / "demo")], seed=3)
     assert info["command"] == "medadv demo --out demo" and info["seed"] == 3
+    repo = Path(__file__).resolve().parents[1] / "bundles"
+    files = f"['{repo / 'a.yaml'}','{tmp_path / 'b.yaml'}']"  # a config list, as monai.bundle takes it
+    listed = provenance(tmp_path, argv=["__main__.py", "run", "--config_file", files])["command"]
+    assert listed == "__main__.py run --config_file ['<repo>/bundles/a.yaml','b.yaml']"
     assert {"monai", "torch", "medadv-monai"} <= set(info["packages"]) and info["git_commit"]
     text = provenance_markdown(info)
     assert text.startswith("## Reproduce") and "- seed: `3`" in text and str(tmp_path) not in text

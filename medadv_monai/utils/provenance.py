@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -61,7 +62,10 @@ def _portable_arg(arg: str, base: str | os.PathLike) -> str:
     key, sep, value = arg.partition("=")
     if sep and os.path.isabs(value):
         return f"{key}={portable_path(value, base)}"
-    return portable_path(arg, base) if os.path.isabs(arg) else arg
+    if os.path.isabs(arg):
+        return portable_path(arg, base)
+    # quoted absolute paths inside a value, e.g. --config_file "['/abs/evaluate.yaml','/abs/protocol.yaml']"
+    return re.sub(r"""(['"])(/[^'"]*)\1""", lambda m: m[1] + portable_path(m[2], base) + m[1], arg)
 
 
 def provenance(base: str | os.PathLike, argv: Sequence[str] | None = None, **settings: Any) -> dict[str, Any]:
