@@ -1,4 +1,8 @@
-"""Training and attack losses. Engines take them as callables and hold no loss mathematics."""
+"""Training and attack losses. Engines take them as callables and hold no loss mathematics.
+
+:mod:`~medadv_monai.losses.advgan`: AdvGAN's generator and discriminator losses; :mod:`~medadv_monai.losses.robust`:
+adversarial training (PGD-AT, TRADES, MART) as one callable, :class:`AdversarialTrainingLoss`.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +20,22 @@ from medadv_monai.losses.advgan import (
     gradient_penalty,
     perturbation_loss,
 )
+from medadv_monai.losses.robust import (
+    AT_METHODS,
+    AdversarialTrainingLoss,
+    eval_mode,
+    mart_loss,
+    mart_wrong_class,
+    pgd_at_loss,
+    trades_kl,
+    trades_loss,
+    training_alpha,
+)
 
 __all__ = [
+    "AT_METHODS",
     "ATTACK_LOSSES",
+    "AdversarialTrainingLoss",
     "GAN_LOSSES",
     "PERT_NORMS",
     "AdvGANDiscriminatorLoss",
@@ -27,7 +44,14 @@ __all__ = [
     "attack_mean",
     "class_ids",
     "discriminator_loss",
+    "eval_mode",
     "generator_gan_loss",
     "gradient_penalty",
+    "mart_loss",
+    "mart_wrong_class",
     "perturbation_loss",
+    "pgd_at_loss",
+    "trades_kl",
+    "trades_loss",
+    "training_alpha",
 ]
