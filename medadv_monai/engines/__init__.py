@@ -1,7 +1,15 @@
-"""Ignite engines MONAI lacks: the one attack evaluator, the AdvGAN trainer, and the attack-grid runner."""
+"""Ignite engines MONAI lacks: the one attack evaluator, the AdvGAN trainer, the attack-grid runner, and the
+adversarial-training step of the stage-1 trainer."""
 
 from __future__ import annotations
 
+from medadv_monai.engines.adversarial_training import (
+    AdversarialTrainingStep,
+    EpsWarmup,
+    adversarial_settings,
+    check_adversarial_settings,
+    warmup_eps,
+)
 from medadv_monai.engines.advgan_trainer import LOSS_KEYS, AdvGANTrainer, advgan_scalars
 from medadv_monai.engines.attack_evaluator import AttackEvaluator
 from medadv_monai.engines.attack_grid import DEFAULT_COVERAGE_EDGES, AttackGridRunner
@@ -12,11 +20,16 @@ __all__ = [
     "DEFAULT_COVERAGE_EDGES",
     "LOSS_KEYS",
     "AdvGANTrainer",
+    "AdversarialTrainingStep",
     "AttackCell",
     "AttackEvaluator",
     "AttackGridRunner",
+    "EpsWarmup",
+    "adversarial_settings",
     "advgan_cells",
     "advgan_scalars",
+    "check_adversarial_settings",
     "expand_grid",
     "patch_sweep_masks",
+    "warmup_eps",
 ]
