@@ -13,7 +13,8 @@ from torch import nn
 from medadv_monai.engines import AdversarialTrainingStep, EpsWarmup, check_adversarial_settings, warmup_eps
 from medadv_monai.errors import MedAdvInputError, find_input_error
 from medadv_monai.losses import AdversarialTrainingLoss
-from tests.helpers import CLASSIFIER_BUNDLE, bundle_cmd, bundle_copy, run, workflow
+from medadv_monai.networks import recorded_training
+from tests.helpers import CLASSIFIER_BUNDLE, bundle_cmd, bundle_copy, run, run_cli, workflow
 
 CONFIGS = ["train.yaml", "train_adversarial.yaml"]
 
@@ -100,6 +101,9 @@ def test_step_refuses_amp_and_wrong_loss():
         trainer.run()
     with pytest.raises(MedAdvInputError, match="needs an AdversarialTrainingLoss"):
         AdversarialTrainingStep(nn.BCEWithLogitsLoss())
+    loss = AdversarialTrainingLoss("pgd_at", eps=4 / 255)
+    with pytest.raises(MedAdvInputError, match="an EpsWarmup of the step's own loss"):
+        AdversarialTrainingStep(loss, warmup=EpsWarmup(AdversarialTrainingLoss("pgd_at", eps=4 / 255), 1))
 
 
 # ------------------------------------------------------------------------------------------ warm-up
@@ -146,15 +150,19 @@ def test_bad_settings_name_their_id(kw, msg):
         check_adversarial_settings(**{**good, **kw})
 
 
-def test_overlay_keeps_train_initialize():
-    """The overlay's initialize is train.yaml's plus the adversarial check (it must follow train.yaml's changes)."""
+def test_overlay_composes_with_the_multi_gpu_config():
+    """The overlay leaves initialize and the handler lists alone (so multi_gpu_train.yaml merges with it in either
+    order); its check runs through `checks`, which both initializes run before anything is written."""
     import yaml
 
     configs = CLASSIFIER_BUNDLE / "configs"
-    base = yaml.safe_load((configs / "train.yaml").read_text())["initialize"]
-    overlay = yaml.safe_load((configs / "train_adversarial.yaml").read_text())["initialize"]
-    assert [i for i in overlay if i != "$@adversarial_check"] == base
-    assert overlay.index("$@adversarial_check") < overlay.index("$@run_log.open()")
+    overlay = yaml.safe_load((configs / "train_adversarial.yaml").read_text())
+    assert "initialize" not in overlay and not any(k.endswith("handlers") for k in overlay)
+    assert overlay["checks"] == ["@adversarial_check"]
+    for name in ("train.yaml", "multi_gpu_train.yaml"):
+        init = yaml.safe_load((configs / name).read_text())["initialize"]
+        opened = next(i for i, item in enumerate(init) if "run_log.open()" in item)
+        assert init.index("$@checks") < opened, name
 
 
 # ------------------------------------------------------------------------------------------ bundle runs
@@ -177,6 +185,7 @@ def test_overlay_runs_end_to_end_and_refuses_a_bad_method(synth_dir, tmp_path):
     stamp = json.loads((out / "checkpoints" / "settings.json").read_text())["description"]
     assert stamp["adversarial_training"] == {"method": "pgd_at", "eps": 4 / 255, "alpha": None, "step_size": 1 / 255,
                                              "steps": 2, "beta": 6.0, "warmup_epochs": 0}
+    assert recorded_training(out / "model.pt") == stamp["adversarial_training"]  # stage 3's comparison reads it
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     (events,) = list((out / "runs").glob("*/events.out.tfevents.*"))
@@ -229,3 +238,19 @@ def test_interrupted_run_resumes_to_the_same_model(synth_dir, tmp_path):
         torch.testing.assert_close(split["model"][k], v, rtol=1e-5, atol=1e-6)
     m_full, m_split = (json.loads((tmp_path / d / "val_metrics.json").read_text()) for d in ("full", "split"))
     assert m_split == pytest.approx(m_full, abs=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_adversarial_training_runs_on_two_gloo_processes(synth_dir, tmp_path):
+    """train.yaml + train_adversarial.yaml + multi_gpu_train.yaml under torchrun (2 CPU processes): TRADES with a
+    warm-up trains, rank 0 alone writes the model with its training record."""
+    bundle = bundle_copy(CLASSIFIER_BUNDLE, tmp_path / "b")
+    out = tmp_path / "out"
+    settings = _settings(synth_dir, tmp_path / "work", out, 1, method="trades", warmup_epochs=1)
+    files = "[" + ",".join(f"'{bundle / 'configs' / c}'" for c in [*CONFIGS, "multi_gpu_train.yaml"]) + "]"
+    args = [f"--{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in settings.items()]
+    run_cli(["torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+             "--config_file", files, "--bundle_root", str(bundle), *args], cwd=tmp_path, timeout=900)
+    assert recorded_training(out / "model.pt")["method"] == "trades"
+    assert len(list((out / "runs").glob("*/events.out.tfevents.*"))) == 1  # rank 0 only

@@ -32,6 +32,7 @@ def test_train_writes_checkpoints_and_tensorboard(trained):
     net = SliceClassifier(in_channels=1)
     net.load_state_dict(state["model"])  # the best model: the configured network's weights, and what it takes in
     assert state["settings"]["modalities"] == ["t2"] and state["settings"]["image_size"] == [32, 32]
+    assert state["training"] == {"method": "standard"}  # how it was trained, for stage 3's model comparison
     last = torch.load(models / "checkpoints" / "checkpoint_epoch=8.pt", weights_only=True)
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(last)
     assert all(torch.equal(v, last["model"][k]) for k, v in state["model"].items())  # select_model: last

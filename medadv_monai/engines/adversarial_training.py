@@ -2,9 +2,12 @@
 
 The stage-1 bundle keeps its trainer, handlers, checkpoints and validation; ``configs/train_adversarial.yaml``
 replaces only what one iteration does (``train#trainer#iteration_update``) with :class:`AdversarialTrainingStep`,
-which trains on :class:`~medadv_monai.losses.robust.AdversarialTrainingLoss` instead of the BCE of ``@loss``, and
-adds :class:`EpsWarmup`, an optional linear ramp of the budget. Both read only the engine's state, so a run resumed
-from a checkpoint computes the same budget at every iteration as an uninterrupted one.
+which trains on :class:`~medadv_monai.losses.robust.AdversarialTrainingLoss` instead of the BCE of ``@loss`` and
+first applies :class:`EpsWarmup`, an optional linear ramp of the budget. The ramp reads only the engine's state, so
+a run resumed from a checkpoint computes the same budget at every iteration as an uninterrupted one. The overlay
+changes no handler list and no ``initialize``, so it composes with ``multi_gpu_train.yaml`` (under DDP the inner
+attack runs on each rank's local replica, ``network.module``: the weights are the same on every rank and input
+gradients need no synchronisation).
 
 What the step returns (the keys of MONAI's own iteration, so metrics and handlers work unchanged):
 
@@ -87,7 +90,8 @@ class EpsWarmup:
     On every ``ITERATION_STARTED`` it sets ``loss.eps = warmup_eps(target, engine.state.iteration,
     engine.state.epoch_length, warmup_epochs)``: computed from the engine's state alone, so a run resumed from a
     checkpoint (which restores the iteration count) continues the same schedule. ``warmup_epochs = 0`` keeps
-    ``eps`` fixed. Attach it as a trainer handler (``train#trainer#train_handlers``).
+    ``eps`` fixed. Give it to :class:`AdversarialTrainingStep` (``warmup``), which calls it at the start of every
+    iteration, or attach it as a trainer handler.
 
     Args:
         loss: the :class:`AdversarialTrainingLoss` the trainer's step uses; its ``eps`` is the target.
@@ -128,13 +132,17 @@ class AdversarialTrainingStep:
 
     Args:
         loss: the method, its budget and inner attack (:class:`AdversarialTrainingLoss`).
+        warmup: an :class:`EpsWarmup` of ``loss``, called with the engine before each iteration (``None``: the
+            budget stays ``loss.eps``).
     """
 
-    def __init__(self, loss: AdversarialTrainingLoss) -> None:
+    def __init__(self, loss: AdversarialTrainingLoss, warmup: EpsWarmup | None = None) -> None:
         if not isinstance(loss, AdversarialTrainingLoss):
             raise MedAdvInputError(f"AdversarialTrainingStep needs an AdversarialTrainingLoss, got "
                                    f"{type(loss).__name__}")
-        self.loss = loss
+        if warmup is not None and (not isinstance(warmup, EpsWarmup) or warmup.loss is not loss):
+            raise MedAdvInputError("AdversarialTrainingStep warmup: expected an EpsWarmup of the step's own loss")
+        self.loss, self.warmup = loss, warmup
 
     @staticmethod
     def _check_engine(engine: Any) -> None:
@@ -154,6 +162,8 @@ class AdversarialTrainingStep:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         self._check_engine(engine)
+        if self.warmup is not None:
+            self.warmup(engine)
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         if len(batch) != 2 and (batch[2] or batch[3]):
             raise MedAdvInputError("adversarial training calls the network with the image alone; the batch brings "

@@ -285,6 +285,8 @@ class AdversarialTrainingLoss(nn.Module):
         if self.eps == 0:
             return x.clone()
         kw = dict(eps=self.eps, alpha=self.step_size, steps=self.steps, generator=self.generator)
+        if isinstance(model, nn.parallel.DistributedDataParallel):  # the local replica: no gradient sync to arm
+            model = model.module
         with eval_mode(model):
             if self.method == "pgd_at":  # Madry et al.: a uniform random start
                 return pgd(model, x, y, random_start=True, **kw)

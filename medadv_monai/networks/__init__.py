@@ -7,7 +7,7 @@ from medadv_monai.networks.advgan import AdvGANGenerator, PatchDiscriminator
 from medadv_monai.networks.advgan_checkpoint import AdvGANSettings, load_generator_checkpoint
 from medadv_monai.networks.classifier import SliceClassifier
 from medadv_monai.networks.io import freeze, load_checkpoint, load_frozen, load_weights
-from medadv_monai.networks.model_settings import ModelSettings, classifier_config, recorded_settings
+from medadv_monai.networks.model_settings import ModelSettings, classifier_config, recorded_settings, recorded_training
 
 __all__ = [
     "AdvGANGenerator",
@@ -22,4 +22,5 @@ __all__ = [
     "load_generator_checkpoint",
     "load_weights",
     "recorded_settings",
+    "recorded_training",
 ]
