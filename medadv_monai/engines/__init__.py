@@ -1,5 +1,5 @@
-"""Ignite engines MONAI lacks: the one attack evaluator, the AdvGAN trainer, the attack-grid runner, and the
-adversarial-training step of the stage-1 trainer."""
+"""Ignite engines MONAI lacks: the one attack evaluator, the AdvGAN trainer, the attack-grid runner, the comparison
+of several models (trade-off and transfer), and the adversarial-training step of the stage-1 trainer."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from medadv_monai.engines.advgan_trainer import LOSS_KEYS, AdvGANTrainer, advgan
 from medadv_monai.engines.attack_evaluator import AttackEvaluator
 from medadv_monai.engines.attack_grid import DEFAULT_COVERAGE_EDGES, AttackGridRunner
 from medadv_monai.engines.grid_cells import CLEAN, AttackCell, advgan_cells, expand_grid, patch_sweep_masks
+from medadv_monai.engines.model_comparison import ModelComparison, load_slice_models
 
 __all__ = [
     "CLEAN",
@@ -25,11 +26,13 @@ __all__ = [
     "AttackEvaluator",
     "AttackGridRunner",
     "EpsWarmup",
+    "ModelComparison",
     "adversarial_settings",
     "advgan_cells",
     "advgan_scalars",
     "check_adversarial_settings",
     "expand_grid",
+    "load_slice_models",
     "patch_sweep_masks",
     "warmup_eps",
 ]

@@ -46,7 +46,14 @@ from medadv_monai.engines.attack_evaluator import AttackEvaluator
 from medadv_monai.engines.grid_cells import CLEAN, AttackCell
 from medadv_monai.engines.grid_shards import SliceSeeded, batch_indices, derived_seed, gather_rows, shard
 from medadv_monai.errors import MedAdvInputError
-from medadv_monai.handlers import AttackImageGrid, PerSampleRecorder
+from medadv_monai.handlers import (
+    AttackImageGrid,
+    PerSampleRecorder,
+    SliceModel,
+    TransferScorer,
+    model_description,
+    transfer_prefix,
+)
 from medadv_monai.metrics import SUMMARY_COLUMNS, coverage_bins, summarize_columns
 from medadv_monai.utils import save_csv, save_json, save_text
 from medadv_monai.utils.checks import check_bool
@@ -99,9 +106,14 @@ class AttackGridRunner:
         classifier_ckpt: the file the classifier's weights came from; its digest goes into every cell's stamp,
             beside the digest of the network's weights.
         split: name of the split the slices come from, for messages.
+        transfer_targets: name -> :class:`~medadv_monai.handlers.SliceModel`: every cell's adversarial images are
+            also scored on these models (:class:`~medadv_monai.handlers.TransferScorer`); their per-sample columns
+            and summary values carry the prefix ``to_<name>_`` (``to_resnet_robust_acc``), and their weights and
+            slices go into the cells' stamps.
 
     Raises:
-        MedAdvInputError: masks the grid uses but ``masks`` lacks, no slices to attack, ``resume`` not a boolean.
+        MedAdvInputError: masks the grid uses but ``masks`` lacks, no slices to attack, ``resume`` not a boolean,
+            transfer targets with a targeted cell.
     """
 
     def __init__(
@@ -124,6 +136,7 @@ class AttackGridRunner:
         seed: int = 0,
         classifier_ckpt: str | os.PathLike | None = None,
         split: str | None = None,
+        transfer_targets: Mapping[str, SliceModel] | None = None,
     ) -> None:
         unknown = sorted({c.mask for c in cells} - set(masks))
         if unknown:
@@ -141,6 +154,10 @@ class AttackGridRunner:
         self.coverage_edges, self.title, self.seed = tuple(coverage_edges), title, seed
         self.resume = check_bool(resume, "resume")
         self.rank_masks, self.classifier_ckpt, self.split = rank_masks, classifier_ckpt, split
+        self.transfer_targets = dict(transfer_targets or {})
+        if self.transfer_targets and any(c.targeted for c in self.cells):
+            raise MedAdvInputError("transfer targets score untargeted attacks only (a target of another task has "
+                                   "other classes to aim at); set targeted: [false]")
         self.figures: dict[str, list[Path]] = {"grids": []}
 
     # ------------------------------------------------------------------------------------------ running
@@ -165,12 +182,13 @@ class AttackGridRunner:
         """Each cell's stamp description (cell label -> description), computed before any cell runs (running a
         cell changes the mask transforms' random state)."""
         data = list(self.dataset.data)
-        ckpt = self.classifier_ckpt  # the network may also be given as an id, without this file
-        classifier = {"checkpoint": file_digest(ckpt) if ckpt and Path(ckpt).is_file() else None,
-                      "weights": fingerprint(self.network.state_dict())[:16]}  # what was loaded, threshold included
-        common = {"format": CELL_FORMAT, "classifier": classifier, "seed": self.seed, "batch_size": self.batch_size,
+        # the network may also be given as an id, without the checkpoint file
+        common = {"format": CELL_FORMAT, "classifier": model_description(self.network, self.classifier_ckpt),
+                  "seed": self.seed, "batch_size": self.batch_size,
                   "slices": {"count": len(data), "digest": fingerprint(data)[:16]},
                   "preprocessing": _settings(describe(self.dataset.transform))}
+        if self.transfer_targets:
+            common["transfer_targets"] = {name: _settings(t.description()) for name, t in self.transfer_targets.items()}
         masks = {name: _settings(describe(self.masks[name])) for name in {c.mask for c in self.cells}}
         return {c.label: {**common, "cell": c.description(), "mask_transform": masks[c.mask]} for c in self.cells}
 
@@ -184,12 +202,19 @@ class AttackGridRunner:
         main, mine = is_main(), shard(len(self.batches()))
         recorder = PerSampleRecorder(columns=cell.row())
         grid = AttackImageGrid(max_samples=self.image_samples, eps=cell.eps)
+        # the scorer first: it adds the targets' columns that the recorder then reads
+        handlers = [TransferScorer(self.transfer_targets)] if self.transfer_targets else []
+        handlers += [recorder, grid] if main else [recorder]
         if mine:  # a rank can have none (more ranks than batches)
             AttackEvaluator(device=self.device, val_data_loader=self.loader(cell.mask, mine), network=self.network,
                             inferer=cell.inferer(), batch_seeds=[self.batch_seed(b) for b in mine],
-                            val_handlers=[recorder, grid] if main else [recorder]).run()
+                            val_handlers=handlers).run()
         rows = gather_rows(mine, recorder.rows, [len(b) for b in self.batches()])
-        result = {"summary": {**cell.row(), **summarize_rows(rows, targeted=cell.targeted)}, "rows": rows}
+        summary = {**cell.row(), **summarize_rows(rows, targeted=cell.targeted)}
+        for name in self.transfer_targets:
+            prefix = transfer_prefix(name)
+            summary.update({prefix + k: v for k, v in summarize_rows(rows, prefix=prefix).items()})
+        result = {"summary": summary, "rows": rows}
         if main:
             description = self.descriptions()[cell.label] if description is None else description
             write_stamp(self._cell_file(cell), description, **result)
@@ -407,12 +432,12 @@ class AttackGridRunner:
         return path
 
 
-def summarize_rows(rows: Sequence[Mapping[str, Any]], targeted: bool = False) -> dict[str, float]:
+def summarize_rows(rows: Sequence[Mapping[str, Any]], targeted: bool = False, prefix: str = "") -> dict[str, float]:
     """:func:`~medadv_monai.metrics.summarize_columns` of per-sample rows (a :class:`~medadv_monai.handlers.
     PerSampleRecorder`'s): a cell's summary, computed from its rows alone, so the rows gathered from several ranks
-    summarise as one process's do."""
+    summarise as one process's do. ``prefix`` reads a transfer target's (or reference attack's) columns."""
     columns = {k: [row[k] for row in rows] for k in (rows[0] if rows else ())}
-    return summarize_columns(columns, targeted=targeted)
+    return summarize_columns(columns, targeted=targeted, prefix=prefix)
 
 
 def _settings(description: Any) -> Any:

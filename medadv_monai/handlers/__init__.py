@@ -1,5 +1,5 @@
 """Ignite handlers MONAI lacks: attack summaries, per-sample rows, image grids, per-slice prediction CSV, metrics
-JSON, atomic checkpoints and resume from the newest one, epoch-level seeding."""
+JSON, atomic checkpoints and resume from the newest one, epoch-level seeding, transfer scoring."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from medadv_monai.handlers.image_grid import AttackImageGrid
 from medadv_monai.handlers.sample_recorder import PerSampleRecorder
 from medadv_monai.handlers.slice_images import TumourSliceImages
 from medadv_monai.handlers.threshold import CalibrateThreshold
+from medadv_monai.handlers.transfer import SliceModel, TransferScorer, model_description, transfer_prefix
 from medadv_monai.handlers.writers import MetricsJSONWriter, NullSummaryWriter, SlicePredictionWriter, prediction_rows
 
 __all__ = [
@@ -29,9 +30,13 @@ __all__ = [
     "ResumeFromLatest",
     "RunLock",
     "SeedEpochs",
+    "SliceModel",
     "SlicePredictionWriter",
+    "TransferScorer",
     "TumourSliceImages",
     "latest_checkpoint",
+    "model_description",
     "network_description",
     "prediction_rows",
+    "transfer_prefix",
 ]

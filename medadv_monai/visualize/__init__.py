@@ -9,6 +9,8 @@ from medadv_monai.visualize.figures import (
     plot_asr_by_coverage,
     plot_ranking,
     plot_robust_accuracy,
+    plot_tradeoff,
+    plot_transfer_matrix,
 )
 from medadv_monai.visualize.report import eps_table, markdown_table, write_html
 
@@ -21,5 +23,7 @@ __all__ = [
     "plot_asr_by_coverage",
     "plot_ranking",
     "plot_robust_accuracy",
+    "plot_tradeoff",
+    "plot_transfer_matrix",
     "write_html",
 ]

@@ -19,7 +19,7 @@ from medadv_monai.attacks.registry import display_name  # noqa: E402
 from medadv_monai.utils import atomic_path  # noqa: E402
 
 __all__ = ["DIFFERENCE_CMAP", "adversarial_grid", "attack_examples", "plot_robust_accuracy", "plot_asr_by_coverage",
-           "plot_ranking", "gradcam_figure", "gradcam_maps", "gradcam_plot"]
+           "plot_ranking", "plot_tradeoff", "plot_transfer_matrix", "gradcam_figure", "gradcam_maps", "gradcam_plot"]
 
 GRADCAM_CMAP = "jet"  # blue: no attribution, red: the highest
 DIFFERENCE_CMAP = "magma"  # black: unchanged, white: changed by the full budget
@@ -161,6 +161,58 @@ def plot_ranking(names: Sequence[str], values: Sequence[float], path: str | os.P
     ax.set_xlabel(xlabel)
     ax.set_xlim(0, 1)
     ax.tick_params(axis="y", labelsize=7)
+    return _save(fig, path)
+
+
+def plot_tradeoff(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Clean and robust accuracy against the training eps: one panel per training method, the standard models
+    (training eps 0) in every panel; one line for clean accuracy (dashed) and one per untargeted attacked cell.
+
+    ``rows``: one per model and grid cell, with ``method``, ``train_eps_255``, ``cell``, ``attack``, ``eps_255``,
+    ``mask``, ``targeted``, ``clean_acc`` and ``robust_acc`` (``ModelComparison``'s ``models.csv``).
+    """
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "standard"] or ["standard"]
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.4), squeeze=False, sharey=True)
+    for ax, method in zip(axes[0], methods):
+        mine = [r for r in rows if r["method"] in (method, "standard") and not r["targeted"]]
+        clean = sorted({(r["train_eps_255"], r["clean_acc"]) for r in mine if r["attack"] == "clean"})
+        if clean:
+            ax.plot(*zip(*clean), "k--", marker="s", lw=1, label="clean")
+        for cell in dict.fromkeys(r["cell"] for r in mine if r["attack"] != "clean"):
+            pts = sorted((r["train_eps_255"], r["robust_acc"]) for r in mine if r["cell"] == cell)
+            first = next(r for r in mine if r["cell"] == cell)
+            label = f"{display_name(first['attack'])} eps {first['eps_255']:g}" + (
+                f" ({first['mask']})" if first["mask"] != "none" else "")
+            ax.plot(*zip(*pts), marker="o", label=label)
+        ax.set_title(f"training: {method}", fontsize=9)
+        ax.set_xlabel("training eps (x 1/255; 0: standard)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("accuracy")
+    return _save(fig, path)
+
+
+def plot_transfer_matrix(values: Sequence[Sequence[float]], surrogates: Sequence[str], targets: Sequence[str],
+                         path: str | os.PathLike, title: str = "", label: str = "robust accuracy") -> Path:
+    """A heatmap of ``values[i][j]`` (e.g. the robust accuracy of target ``j`` on adversarial images crafted on
+    surrogate ``i``) in [0, 1], each cell written out; a cell whose surrogate is its target (white-box) is framed."""
+    arr = np.asarray(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.1 * len(targets) + 2.4, 0.8 * len(surrogates) + 1.6))
+    im = ax.imshow(arr, vmin=0, vmax=1, cmap="viridis")
+    for i, s in enumerate(surrogates):
+        for j, t in enumerate(targets):
+            v = arr[i, j]
+            ax.text(j, i, "-" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    color="k" if not math.isnan(v) and v > 0.6 else "w")
+            if s == t:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="r", lw=1.5))
+    ax.set_xticks(range(len(targets)), list(targets), rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(surrogates)), list(surrogates), fontsize=8)
+    ax.set_xlabel("target (scored on)")
+    ax.set_ylabel("surrogate (crafted on)")
+    ax.set_title(title, fontsize=8)
+    fig.colorbar(im, ax=ax, label=label, fraction=0.046)
     return _save(fig, path)
 
 
