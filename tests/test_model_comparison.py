@@ -130,6 +130,20 @@ def test_transfer_diagonal_equals_the_white_box_grid(trained_classifier, synth_d
 
 
 @pytest.mark.slow
+def test_common_overrides_reach_every_model_and_a_model_s_own_win(trained_classifier, synth_dir, tmp_path):
+    ckpt = trained_classifier / "models" / "model.pt"
+    config = trained_classifier / "configs" / "train.yaml"
+    every = load_slice_models({"a": {"ckpt": ckpt}}, config, overrides={"split_fractions": [0, 0, 1]},
+                              dataset_dir=str(synth_dir), work_dir=str(tmp_path / "all"))["a"]
+    own = load_slice_models({"a": {"ckpt": ckpt, "overrides": {"split_fractions": [0.7, 0.15, 0.15]}}}, config,
+                            overrides={"split_fractions": [0, 0, 1]}, dataset_dir=str(synth_dir),
+                            work_dir=str(tmp_path / "own"))["a"]
+    subjects = lambda m: {e["subject"] for e in m.dataset.data}  # noqa: E731
+    assert len(subjects(every)) == len([p for p in synth_dir.iterdir() if p.is_dir()])  # every subject is a test one
+    assert 0 < len(subjects(own)) < len(subjects(every))
+
+
+@pytest.mark.slow
 def test_compare_config_runs_end_to_end_and_refuses_a_bad_entry(trained_classifier, synth_dir, tmp_path):
     bundle = bundle_copy(ATTACK_EVAL_BUNDLE, tmp_path / "brats_attack_eval")
     ckpt = str(trained_classifier / "models" / "model.pt")

@@ -50,7 +50,8 @@ _RATES = ("clean_acc", "robust_acc", "asr")
 
 
 def load_slice_models(models: Mapping[str, Mapping[str, Any]], classifier_config_file: str | os.PathLike,
-                      device: torch.device | str = "cpu", split: str = "test", **ids: Any) -> dict[str, SliceModel]:
+                      device: torch.device | str = "cpu", split: str = "test",
+                      overrides: Mapping[str, Any] | None = None, **ids: Any) -> dict[str, SliceModel]:
     """The stage-1 models of a comparison, each with the slices of ``split`` it reads.
 
     Args:
@@ -61,6 +62,9 @@ def load_slice_models(models: Mapping[str, Mapping[str, Any]], classifier_config
         classifier_config_file: the classifier bundle's ``train.yaml``.
         device: where the networks run.
         split: training, validation or test.
+        overrides: classifier-config ids every model gets (stage 3's ``classifier_overrides``, e.g. the
+            ``split_fractions`` the models were trained with, which checkpoints do not record); a model's own
+            ``overrides`` win over them.
         ids: ids every model's config gets (``dataset_dir``, ``work_dir``), winning over both.
 
     Raises:
@@ -76,7 +80,8 @@ def load_slice_models(models: Mapping[str, Mapping[str, Any]], classifier_config
             raise MedAdvInputError(f"models#{name}: expected a mapping with ckpt (a stage-1 models/model.pt) and "
                                    f"optionally overrides and config, got {spec!r}")
         ckpt = str(spec["ckpt"])
-        parser = classifier_config(spec.get("config") or classifier_config_file, ckpt, spec.get("overrides"), **ids)
+        merged = {**dict(overrides or {}), **dict(spec.get("overrides") or {})}
+        parser = classifier_config(spec.get("config") or classifier_config_file, ckpt, merged, **ids)
         network = load_frozen(parser.get_parsed_content("network_def"), ckpt, device)
         entries = parser.get_parsed_content("slice_cache").slices(parser.get_parsed_content("datalist")[split])
         transform = LoadCachedSliced(parser.get_parsed_content("modalities"),
