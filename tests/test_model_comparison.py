@@ -130,7 +130,7 @@ def test_transfer_diagonal_equals_the_white_box_grid(trained_classifier, synth_d
 
 
 @pytest.mark.slow
-def test_common_overrides_reach_every_model_and_a_model_s_own_win(trained_classifier, synth_dir, tmp_path):
+def test_model_entries_overrides_training_and_errors_that_name_the_entry(trained_classifier, synth_dir, tmp_path):
     ckpt = trained_classifier / "models" / "model.pt"
     config = trained_classifier / "configs" / "train.yaml"
     every = load_slice_models({"a": {"ckpt": ckpt}}, config, overrides={"split_fractions": [0, 0, 1]},
@@ -141,6 +141,21 @@ def test_common_overrides_reach_every_model_and_a_model_s_own_win(trained_classi
     subjects = lambda m: {e["subject"] for e in m.dataset.data}  # noqa: E731
     assert len(subjects(every)) == len([p for p in synth_dir.iterdir() if p.is_dir()])  # every subject is a test one
     assert 0 < len(subjects(own)) < len(subjects(every))
+    assert every.training == {"method": "standard"}  # the checkpoint's record
+    ids = {"dataset_dir": str(synth_dir), "work_dir": str(tmp_path / "all")}
+    with pytest.raises(MedAdvInputError, match=r"^models#a: training: the checkpoint records \{'method': 'standard'\}"):
+        load_slice_models({"a": {"ckpt": ckpt, "training": {"method": "pgd_at", "eps": 4 / 255}}}, config, **ids)
+    old = torch.load(ckpt, weights_only=True)
+    del old["training"]  # a checkpoint saved before stage 1 recorded its training
+    torch.save(old, tmp_path / "old.pt")
+    given = {"method": "pgd_at", "eps": 4 / 255}
+    loaded = load_slice_models({"old": {"ckpt": tmp_path / "old.pt", "training": given},
+                                "unknown": {"ckpt": tmp_path / "old.pt"}}, config, **ids)
+    assert loaded["old"].training == given and loaded["unknown"].training == {}
+    with pytest.raises(MedAdvInputError, match=r"^models#a#overrides: \['work_dir'\] are the same for every model"):
+        load_slice_models({"a": {"ckpt": ckpt, "overrides": {"work_dir": "elsewhere"}}}, config, **ids)
+    with pytest.raises(MedAdvInputError, match=r"^models#gone: .*missing\.pt"):
+        load_slice_models({"gone": {"ckpt": tmp_path / "missing.pt"}}, config, **ids)
 
 
 @pytest.mark.slow

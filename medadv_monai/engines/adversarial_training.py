@@ -33,6 +33,7 @@ from monai.utils import CommonKeys as Keys
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.losses.robust import AT_METHODS, AdversarialTrainingLoss, training_alpha
 from medadv_monai.utils.checks import check_choice, check_eps, check_int, check_nonneg, check_positive
+from medadv_monai.utils.distributed import is_main
 
 __all__ = [
     "AdversarialTrainingStep",
@@ -110,7 +111,7 @@ class EpsWarmup:
     def __call__(self, engine: Engine) -> None:
         length = engine.state.epoch_length or 1
         eps = warmup_eps(self.eps, engine.state.iteration, length, self.warmup_epochs)
-        if self.warmup_epochs and (engine.state.iteration - 1) % length == 0:  # once per epoch, into run_log
+        if self.warmup_epochs and (engine.state.iteration - 1) % length == 0 and is_main():  # once per epoch
             logger.info(f"epoch {engine.state.epoch}: adversarial training eps {eps:.6g} (= {eps * 255:.4g}/255)")
         self.loss.eps = eps
 

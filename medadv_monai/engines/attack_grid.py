@@ -107,9 +107,9 @@ class AttackGridRunner:
             beside the digest of the network's weights.
         split: name of the split the slices come from, for messages.
         transfer_targets: name -> :class:`~medadv_monai.handlers.SliceModel`: every cell's adversarial images are
-            also scored on these models (:class:`~medadv_monai.handlers.TransferScorer`); their per-sample columns
-            and summary values carry the prefix ``to_<name>_`` (``to_resnet_robust_acc``), and their weights and
-            slices go into the cells' stamps.
+            also scored on these models (:class:`~medadv_monai.handlers.TransferScorer`; attacked cells only); their
+            per-sample columns and summary values carry the prefix ``to_<name>_`` (``to_resnet_robust_acc``), and
+            their weights and slices go into those cells' stamps.
 
     Raises:
         MedAdvInputError: masks the grid uses but ``masks`` lacks, no slices to attack, ``resume`` not a boolean,
@@ -187,10 +187,14 @@ class AttackGridRunner:
                   "seed": self.seed, "batch_size": self.batch_size,
                   "slices": {"count": len(data), "digest": fingerprint(data)[:16]},
                   "preprocessing": _settings(describe(self.dataset.transform))}
-        if self.transfer_targets:
-            common["transfer_targets"] = {name: _settings(t.description()) for name, t in self.transfer_targets.items()}
+        targets = {name: _settings(t.description()) for name, t in self.transfer_targets.items()}
         masks = {name: _settings(describe(self.masks[name])) for name in {c.mask for c in self.cells}}
-        return {c.label: {**common, "cell": c.description(), "mask_transform": masks[c.mask]} for c in self.cells}
+        return {c.label: {**common, "cell": c.description(), "mask_transform": masks[c.mask],
+                          **({"transfer_targets": targets} if self._transfers(c) else {})} for c in self.cells}
+
+    def _transfers(self, cell: AttackCell) -> bool:
+        """Whether the cell's adversarial images are scored on the transfer targets (attacked cells only)."""
+        return bool(self.transfer_targets) and cell.attack != CLEAN
 
     def run_cell(self, cell: AttackCell, description: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Run one cell; return ``{"summary", "rows"}`` and save it under ``cells/``, stamped with ``description``
@@ -203,7 +207,7 @@ class AttackGridRunner:
         recorder = PerSampleRecorder(columns=cell.row())
         grid = AttackImageGrid(max_samples=self.image_samples, eps=cell.eps)
         # the scorer first: it adds the targets' columns that the recorder then reads
-        handlers = [TransferScorer(self.transfer_targets)] if self.transfer_targets else []
+        handlers = [TransferScorer(self.transfer_targets)] if self._transfers(cell) else []
         handlers += [recorder, grid] if main else [recorder]
         if mine:  # a rank can have none (more ranks than batches)
             AttackEvaluator(device=self.device, val_data_loader=self.loader(cell.mask, mine), network=self.network,
@@ -211,7 +215,7 @@ class AttackGridRunner:
                             val_handlers=handlers).run()
         rows = gather_rows(mine, recorder.rows, [len(b) for b in self.batches()])
         summary = {**cell.row(), **summarize_rows(rows, targeted=cell.targeted)}
-        for name in self.transfer_targets:
+        for name in self.transfer_targets if self._transfers(cell) else ():
             prefix = transfer_prefix(name)
             summary.update({prefix + k: v for k, v in summarize_rows(rows, prefix=prefix).items()})
         result = {"summary": summary, "rows": rows}

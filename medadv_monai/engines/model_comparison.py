@@ -36,16 +36,19 @@ from medadv_monai.engines.attack_grid import AttackGridRunner
 from medadv_monai.engines.grid_cells import CLEAN, AttackCell
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.handlers import SliceModel, transfer_prefix
+from medadv_monai.losses.robust import AT_METHODS
 from medadv_monai.networks import classifier_config, load_frozen, recorded_training
 from medadv_monai.utils import save_csv, save_json, save_text
 from medadv_monai.utils.distributed import is_main
 from medadv_monai.utils.provenance import portable_path, provenance, provenance_markdown
 from medadv_monai.visualize import markdown_table, plot_tradeoff, plot_transfer_matrix, write_html
 
-__all__ = ["MODEL_KEYS", "ModelComparison", "load_slice_models"]
+__all__ = ["MODEL_KEYS", "TRAINING_METHODS", "ModelComparison", "load_slice_models"]
 
 #: the keys of a model entry in the config's ``models``
-MODEL_KEYS = ("ckpt", "overrides", "config")
+MODEL_KEYS = ("ckpt", "overrides", "config", "training")
+#: how a model can have been trained (a checkpoint's ``training`` record, or a model entry's ``training``)
+TRAINING_METHODS = ("standard", *AT_METHODS)
 _RATES = ("clean_acc", "robust_acc", "asr")
 
 
@@ -55,10 +58,11 @@ def load_slice_models(models: Mapping[str, Mapping[str, Any]], classifier_config
     """The stage-1 models of a comparison, each with the slices of ``split`` it reads.
 
     Args:
-        models: name -> ``{ckpt: models/model.pt, overrides: {config ids}, config: train.yaml}``; ``ckpt`` is
-            required, ``overrides`` are classifier-config ids that win over the checkpoint's recorded settings (a
-            ``network_def`` other than the SliceClassifier, as it was trained), ``config`` defaults to
-            ``classifier_config_file``.
+        models: name -> ``{ckpt: models/model.pt, overrides: {config ids}, config: train.yaml, training: {method,
+            eps}}``; ``ckpt`` is required, ``overrides`` are classifier-config ids that win over the checkpoint's
+            recorded settings (a ``network_def`` other than the SliceClassifier, as it was trained), ``config``
+            defaults to ``classifier_config_file``, ``training`` says how a checkpoint saved without a training
+            record was trained (a record it has wins, and a contradicting ``training`` is an error).
         classifier_config_file: the classifier bundle's ``train.yaml``.
         device: where the networks run.
         split: training, validation or test.
@@ -68,8 +72,9 @@ def load_slice_models(models: Mapping[str, Mapping[str, Any]], classifier_config
         ids: ids every model's config gets (``dataset_dir``, ``work_dir``), winning over both.
 
     Raises:
-        MedAdvInputError: no models, an entry that is not a mapping, an unknown key, a missing ``ckpt``, or what
-            loading the checkpoint raises (naming the file).
+        MedAdvInputError: no models, an entry that is not a mapping, an unknown key, a missing ``ckpt``, a model's
+            own ``dataset_dir`` or ``work_dir``, a bad ``training``, or what loading the checkpoint raises; each
+            naming the entry (``models#<name>``).
     """
     if not isinstance(models, Mapping) or not models:
         raise MedAdvInputError(f"models: expected a mapping name -> {{ckpt: ..., overrides: ...}} with at least one "
@@ -78,16 +83,42 @@ def load_slice_models(models: Mapping[str, Mapping[str, Any]], classifier_config
     for name, spec in models.items():
         if not isinstance(spec, Mapping) or "ckpt" not in spec or set(spec) - set(MODEL_KEYS):
             raise MedAdvInputError(f"models#{name}: expected a mapping with ckpt (a stage-1 models/model.pt) and "
-                                   f"optionally overrides and config, got {spec!r}")
+                                   f"optionally {', '.join(MODEL_KEYS[1:])}, got {spec!r}")
+        own = dict(spec.get("overrides") or {})
+        shared = sorted(set(own) & set(ids))
+        if shared:
+            raise MedAdvInputError(f"models#{name}#overrides: {shared} are the same for every model (the data "
+                                   "must be the same to match slices); set them for the whole run instead")
         ckpt = str(spec["ckpt"])
-        merged = {**dict(overrides or {}), **dict(spec.get("overrides") or {})}
-        parser = classifier_config(spec.get("config") or classifier_config_file, ckpt, merged, **ids)
-        network = load_frozen(parser.get_parsed_content("network_def"), ckpt, device)
-        entries = parser.get_parsed_content("slice_cache").slices(parser.get_parsed_content("datalist")[split])
-        transform = LoadCachedSliced(parser.get_parsed_content("modalities"),
-                                     stored=parser.get_parsed_content("all_modalities"))
-        loaded[str(name)] = SliceModel(network, Dataset(entries, transform), checkpoint=ckpt, name=str(name))
+        try:
+            parser = classifier_config(spec.get("config") or classifier_config_file, ckpt,
+                                       {**dict(overrides or {}), **own}, **ids)
+            network = load_frozen(parser.get_parsed_content("network_def"), ckpt, device)
+            entries = parser.get_parsed_content("slice_cache").slices(parser.get_parsed_content("datalist")[split])
+            transform = LoadCachedSliced(parser.get_parsed_content("modalities"),
+                                         stored=parser.get_parsed_content("all_modalities"))
+            training = _training(ckpt, spec.get("training"))
+        except MedAdvInputError as e:  # which entry, when several share a config
+            raise MedAdvInputError(f"models#{name}: {e}") from e
+        loaded[str(name)] = SliceModel(network, Dataset(entries, transform), checkpoint=ckpt, name=str(name),
+                                       training=training)
     return loaded
+
+
+def _training(ckpt: str, given: Any) -> dict[str, Any]:
+    """How the model was trained: the checkpoint's record, else ``given`` (``{method, eps}``, for a checkpoint
+    saved before stage 1 recorded it), else ``{}``."""
+    recorded = recorded_training(ckpt)
+    if given is None:
+        return recorded
+    if not isinstance(given, Mapping) or given.get("method") not in TRAINING_METHODS or (
+            given["method"] != "standard" and not isinstance(given.get("eps"), (int, float))):
+        raise MedAdvInputError(f"training: expected {{method: one of {list(TRAINING_METHODS)}, eps: the training "
+                               f"budget in [0, 1] (not for standard)}}, got {given!r}")
+    if recorded and any(recorded.get(k) != given.get(k) for k in given):
+        raise MedAdvInputError(f"training: the checkpoint records {recorded}, which {dict(given)} contradicts; "
+                               "leave training out for a checkpoint that records it")
+    return recorded or dict(given)
 
 
 class ModelComparison:
@@ -177,7 +208,7 @@ class ModelComparison:
         """One row per surrogate and cell: how the model was trained, then the cell's white-box summary."""
         rows = []
         for name, summary in summaries.items():
-            training = recorded_training(self.models[name].checkpoint) if self.models[name].checkpoint else {}
+            training = self.models[name].training
             eps = training.get("eps", 0.0 if training.get("method") == "standard" else float("nan"))
             head = {"model": name, "method": training.get("method", "unknown"), "train_eps_255": round(eps * 255, 4)}
             rows += [{**head, **{k: v for k, v in s.items() if not k.startswith("to_")}} for s in summary]
@@ -239,7 +270,8 @@ class ModelComparison:
                      for c in attacked)]
         lines = ["## Models: clean against robust accuracy", "",
                  "Robust accuracy of each model under each untargeted white-box attack (rates with their 95% Wilson "
-                 "interval; training eps as recorded in the model's checkpoint, 0 for standard training).", "",
+                 "interval; training method and eps as recorded in the model's checkpoint or given in its `training` "
+                 "entry, eps 0 for standard training).", "",
                  markdown_table(table, ["model", "method", "train_eps_255", "clean_acc", *(c.label for c in attacked)],
                                 headers), ""]
         if attacked:

@@ -9,7 +9,7 @@ the target's clean accuracy, robust accuracy and ASR.
 
 What a target is shown, per slice: where it reads exactly the surrogate's clean input (the same modalities of the
 same slice), the adversarial image itself, so a model scored against itself gets its white-box result; otherwise
-(other modalities) the surrogate's perturbation :math:`d = x' - x` added to its own input channel by channel,
+(other modalities) the surrogate's perturbation :math:`d = x' - x` added to its own input channel by channel (in order),
 :math:`x'_t = \\mathrm{clip}(x_t + d, 0, 1)` (a T2 perturbation lands on a FLAIR model's FLAIR channel; clipping
 only shrinks it, so the budget and the mask hold). The truth is the target's own label (a model of another region
 is judged on its own task); the attack mask and the tumour for coverage are the surrogate's.
@@ -58,11 +58,14 @@ class SliceModel:
             (``LoadCachedSliced``).
         checkpoint: the file the weights came from (for stamps and reports).
         name: what messages call it.
+        training: how it was trained (``{"method": "standard"}``, or an adversarial training's ``method``, ``eps``,
+            ...; ``{}`` when unknown), for reports.
     """
 
     def __init__(self, network: torch.nn.Module, dataset: Dataset, checkpoint: str | Path | None = None,
-                 name: str = "model") -> None:
+                 name: str = "model", training: Mapping[str, Any] | None = None) -> None:
         self.network, self.dataset, self.checkpoint, self.name = network, dataset, checkpoint, name
+        self.training = dict(training or {})
         self._index: dict[tuple[str, int], int] | None = None
 
     def description(self) -> dict[str, Any]:

@@ -34,7 +34,8 @@ _CHUNK = 4 << 20
 
 def describe(obj: Any, depth: int = 0, seen: set[int] | None = None) -> Any:
     """A JSON-able description of ``obj``'s settings: primitives as they are, arrays by digest, objects as class +
-    attributes (recursively; a transform's random state is left out)."""
+    attributes (recursively; a transform's random state and the attributes its class names in ``_state_attrs``,
+    such as open memory maps, are left out)."""
     seen = set() if seen is None else seen
     if isinstance(obj, (bool, int, float, str, type(None))):
         return obj
@@ -59,7 +60,8 @@ def describe(obj: Any, depth: int = 0, seen: set[int] | None = None) -> Any:
     if id(obj) in seen or depth > 6 or not hasattr(obj, "__dict__"):
         return name
     seen.add(id(obj))
-    attrs = {k: describe(v, depth + 1, seen) for k, v in sorted(vars(obj).items()) if k not in _SKIP_ATTRS}
+    skip = _SKIP_ATTRS | set(getattr(kind, "_state_attrs", ()))  # state a class declares (open files), not settings
+    attrs = {k: describe(v, depth + 1, seen) for k, v in sorted(vars(obj).items()) if k not in skip}
     return {"class": name, **attrs}
 
 
