@@ -380,8 +380,6 @@ class LoadCachedSliced(Transform):
         stored: the modality order in the shards.
     """
 
-    _state_attrs = ("_open",)  # the open shards: state, left out of descriptions (never hashed into a stamp)
-
     def __init__(self, modalities: Sequence[str] = ("t2",), stored: Sequence[str] = MODALITIES) -> None:
         modalities = [modalities] if isinstance(modalities, str) else list(modalities)
         unknown = [m for m in modalities if m not in stored]

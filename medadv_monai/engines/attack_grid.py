@@ -9,15 +9,14 @@ Outputs in ``output_dir``:
 - ``figures/``: robust accuracy against eps, ASR against coverage, image grids, Grad-CAM;
 - ``report.md`` and ``report.html``; ``cells/<cell>.json``: each finished cell, so an interrupted run resumes.
 
-A cell file is stamped (:mod:`medadv_monai.utils.fingerprint`) with what made it: the cell (attack, eps, mask,
-targeted, params; a generator by its checkpoint's digest), the classifier (the digests of its checkpoint file and
-of its weights), the slices (their count and the digest of their entries), the slice and mask transforms, the seed
-and the batch size. A rerun reuses a cell only when its stamp matches; a cell made otherwise, or a file that cannot
-be read, is recomputed (the log line says why), so one summary never mixes cells of different runs.
+A cell file is stamped (:mod:`medadv_monai.utils.fingerprint`) with what made it: the cell, the classifier (digests
+of its checkpoint file and weights), the slices, the slice and mask transforms, the seed, the batch size and any
+transfer targets. A rerun reuses a cell only when its stamp matches; any other cell is recomputed (the log line says
+why), so one summary never mixes cells of different runs.
 
-Random draws depend only on the seed and the data, never on what ran before: a mask transform (random patch
-anchors) is seeded per slice from (seed, mask, slice index), torch's generator (PGD's random start) per batch from
-(seed, batch index); batches are always ``batch_size`` consecutive slices of the split.
+Random draws depend only on the seed and the data: a mask transform (random patch anchors) is seeded per slice from
+(seed, mask, slice index), torch's generator per batch from (seed, batch index) (batches: ``batch_size``
+consecutive slices).
 
 Under ``torch.distributed`` (``torchrun``, ``configs/multi_gpu_evaluate.yaml``) the batches of every cell are dealt
 whole to the ranks (batch ``b`` to rank ``b % world_size``); each rank attacks its batches, the per-sample rows are
@@ -46,14 +45,8 @@ from medadv_monai.engines.attack_evaluator import AttackEvaluator
 from medadv_monai.engines.grid_cells import CLEAN, AttackCell
 from medadv_monai.engines.grid_shards import SliceSeeded, batch_indices, derived_seed, gather_rows, shard
 from medadv_monai.errors import MedAdvInputError
-from medadv_monai.handlers import (
-    AttackImageGrid,
-    PerSampleRecorder,
-    SliceModel,
-    TransferScorer,
-    model_description,
-    transfer_prefix,
-)
+from medadv_monai.handlers import AttackImageGrid, PerSampleRecorder, TransferScorer, model_description
+from medadv_monai.handlers.transfer import SliceModel, transfer_summaries
 from medadv_monai.metrics import SUMMARY_COLUMNS, coverage_bins, summarize_columns
 from medadv_monai.utils import save_csv, save_json, save_text
 from medadv_monai.utils.checks import check_bool
@@ -106,10 +99,8 @@ class AttackGridRunner:
         classifier_ckpt: the file the classifier's weights came from; its digest goes into every cell's stamp,
             beside the digest of the network's weights.
         split: name of the split the slices come from, for messages.
-        transfer_targets: name -> :class:`~medadv_monai.handlers.SliceModel`: every cell's adversarial images are
-            also scored on these models (:class:`~medadv_monai.handlers.TransferScorer`; attacked cells only); their
-            per-sample columns and summary values carry the prefix ``to_<name>_`` (``to_resnet_robust_acc``), and
-            their weights and slices go into those cells' stamps.
+        transfer_targets: name -> :class:`~medadv_monai.handlers.SliceModel` that each attacked cell's images are
+            also scored on (:class:`~medadv_monai.handlers.TransferScorer`): columns ``to_<name>_...``, in stamps.
 
     Raises:
         MedAdvInputError: masks the grid uses but ``masks`` lacks, no slices to attack, ``resume`` not a boolean,
@@ -192,8 +183,7 @@ class AttackGridRunner:
         return {c.label: {**common, "cell": c.description(), "mask_transform": masks[c.mask],
                           **({"transfer_targets": targets} if self._transfers(c) else {})} for c in self.cells}
 
-    def _transfers(self, cell: AttackCell) -> bool:
-        """Whether the cell's adversarial images are scored on the transfer targets (attacked cells only)."""
+    def _transfers(self, cell: AttackCell) -> bool:  # attacked cells are scored on the transfer targets
         return bool(self.transfer_targets) and cell.attack != CLEAN
 
     def run_cell(self, cell: AttackCell, description: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -206,18 +196,15 @@ class AttackGridRunner:
         main, mine = is_main(), shard(len(self.batches()))
         recorder = PerSampleRecorder(columns=cell.row())
         grid = AttackImageGrid(max_samples=self.image_samples, eps=cell.eps)
-        # the scorer first: it adds the targets' columns that the recorder then reads
-        handlers = [TransferScorer(self.transfer_targets)] if self._transfers(cell) else []
+        handlers = [TransferScorer(self.transfer_targets)] if self._transfers(cell) else []  # before the recorder
         handlers += [recorder, grid] if main else [recorder]
         if mine:  # a rank can have none (more ranks than batches)
             AttackEvaluator(device=self.device, val_data_loader=self.loader(cell.mask, mine), network=self.network,
                             inferer=cell.inferer(), batch_seeds=[self.batch_seed(b) for b in mine],
                             val_handlers=handlers).run()
         rows = gather_rows(mine, recorder.rows, [len(b) for b in self.batches()])
-        summary = {**cell.row(), **summarize_rows(rows, targeted=cell.targeted)}
-        for name in self.transfer_targets if self._transfers(cell) else ():
-            prefix = transfer_prefix(name)
-            summary.update({prefix + k: v for k, v in summarize_rows(rows, prefix=prefix).items()})
+        summary = {**cell.row(), **summarize_rows(rows, targeted=cell.targeted),
+                   **transfer_summaries(rows, list(self.transfer_targets) if self._transfers(cell) else [])}
         result = {"summary": summary, "rows": rows}
         if main:
             description = self.descriptions()[cell.label] if description is None else description
@@ -436,12 +423,12 @@ class AttackGridRunner:
         return path
 
 
-def summarize_rows(rows: Sequence[Mapping[str, Any]], targeted: bool = False, prefix: str = "") -> dict[str, float]:
+def summarize_rows(rows: Sequence[Mapping[str, Any]], targeted: bool = False) -> dict[str, float]:
     """:func:`~medadv_monai.metrics.summarize_columns` of per-sample rows (a :class:`~medadv_monai.handlers.
     PerSampleRecorder`'s): a cell's summary, computed from its rows alone, so the rows gathered from several ranks
-    summarise as one process's do. ``prefix`` reads a transfer target's (or reference attack's) columns."""
+    summarise as one process's do."""
     columns = {k: [row[k] for row in rows] for k in (rows[0] if rows else ())}
-    return summarize_columns(columns, targeted=targeted, prefix=prefix)
+    return summarize_columns(columns, targeted=targeted)
 
 
 def _settings(description: Any) -> Any:

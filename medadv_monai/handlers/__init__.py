@@ -16,7 +16,13 @@ from medadv_monai.handlers.image_grid import AttackImageGrid
 from medadv_monai.handlers.sample_recorder import PerSampleRecorder
 from medadv_monai.handlers.slice_images import TumourSliceImages
 from medadv_monai.handlers.threshold import CalibrateThreshold
-from medadv_monai.handlers.transfer import SliceModel, TransferScorer, model_description, transfer_prefix
+from medadv_monai.handlers.transfer import (
+    SliceModel,
+    TransferScorer,
+    model_description,
+    transfer_prefix,
+    transfer_summaries,
+)
 from medadv_monai.handlers.writers import MetricsJSONWriter, NullSummaryWriter, SlicePredictionWriter, prediction_rows
 
 __all__ = [
@@ -39,4 +45,5 @@ __all__ = [
     "network_description",
     "prediction_rows",
     "transfer_prefix",
+    "transfer_summaries",
 ]

@@ -27,10 +27,11 @@ from monai.data import Dataset
 from monai.utils import CommonKeys as Keys
 
 from medadv_monai.errors import MedAdvInputError
-from medadv_monai.metrics import LABEL_KEY, OUTCOME_KEYS, PREDICTION_KEYS, score_attack
+from medadv_monai.metrics import LABEL_KEY, OUTCOME_KEYS, PREDICTION_KEYS, score_attack, summarize_columns
 from medadv_monai.utils.fingerprint import describe, file_digest, fingerprint
 
-__all__ = ["TRANSFER_KEYS", "SliceModel", "TransferScorer", "model_description", "transfer_prefix"]
+__all__ = ["TRANSFER_KEYS", "SliceModel", "TransferScorer", "model_description", "transfer_prefix",
+           "transfer_summaries"]
 
 #: the per-sample columns a target adds (with :func:`transfer_prefix`); coverage and area are the surrogate's mask's
 TRANSFER_KEYS: tuple[str, ...] = (LABEL_KEY, *PREDICTION_KEYS, *OUTCOME_KEYS, "linf", "l2", "ssim", "l0", "tv")
@@ -39,6 +40,14 @@ TRANSFER_KEYS: tuple[str, ...] = (LABEL_KEY, *PREDICTION_KEYS, *OUTCOME_KEYS, "l
 def transfer_prefix(name: str) -> str:
     """The prefix of target ``name``'s per-sample columns and summary values: ``to_<name>_``."""
     return f"to_{name}_"
+
+
+def transfer_summaries(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, float]:
+    """Each target's summary (:func:`~medadv_monai.metrics.summarize_columns` of its prefixed columns) from
+    per-sample rows, every value under the target's prefix: ``{"to_<name>_robust_acc": ..., ...}``."""
+    columns = {k: [row[k] for row in rows] for k in (rows[0] if rows else ())}
+    return {transfer_prefix(name) + k: v for name in names
+            for k, v in summarize_columns(columns, prefix=transfer_prefix(name)).items()}
 
 
 def model_description(network: torch.nn.Module, checkpoint: str | Path | None = None) -> dict[str, Any]:

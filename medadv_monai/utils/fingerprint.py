@@ -26,7 +26,7 @@ from medadv_monai.utils.io import save_json
 __all__ = ["changed_keys", "check_stamp", "describe", "file_digest", "fingerprint", "read_stamp", "stamp_changes",
            "write_stamp"]
 
-_SKIP_ATTRS = {"R"}  # a transform's random state: not a setting
+_SKIP_ATTRS = {"R", "_open"}  # a transform's random state, LoadCachedSliced's open memory maps: not settings
 #: files up to this size are hashed whole; larger ones by size and their first and last chunk
 _WHOLE_FILE_BYTES = 64 << 20
 _CHUNK = 4 << 20
@@ -34,8 +34,7 @@ _CHUNK = 4 << 20
 
 def describe(obj: Any, depth: int = 0, seen: set[int] | None = None) -> Any:
     """A JSON-able description of ``obj``'s settings: primitives as they are, arrays by digest, objects as class +
-    attributes (recursively; a transform's random state and the attributes its class names in ``_state_attrs``,
-    such as open memory maps, are left out)."""
+    attributes (recursively; a transform's random state and open memory maps are left out: state, never hashed)."""
     seen = set() if seen is None else seen
     if isinstance(obj, (bool, int, float, str, type(None))):
         return obj
@@ -60,8 +59,7 @@ def describe(obj: Any, depth: int = 0, seen: set[int] | None = None) -> Any:
     if id(obj) in seen or depth > 6 or not hasattr(obj, "__dict__"):
         return name
     seen.add(id(obj))
-    skip = _SKIP_ATTRS | set(getattr(kind, "_state_attrs", ()))  # state a class declares (open files), not settings
-    attrs = {k: describe(v, depth + 1, seen) for k, v in sorted(vars(obj).items()) if k not in skip}
+    attrs = {k: describe(v, depth + 1, seen) for k, v in sorted(vars(obj).items()) if k not in _SKIP_ATTRS}
     return {"class": name, **attrs}
 
 
