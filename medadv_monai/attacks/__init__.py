@@ -3,10 +3,12 @@
 Attacks (one small module each, all thin loops over :mod:`medadv_monai.attacks._core`):
 :func:`fgsm`, :func:`bim`, :func:`pgd` (CE or the margin loss), :func:`mifgsm`, :func:`apgd` (auto-PGD, CE or
 DLR loss), :func:`cw_l2` (Carlini-Wagner L2), :func:`square` (score-based, no gradients), :func:`autoattack` (an
-AutoAttack-style ensemble of them; :func:`run_autoattack` adds the robust accuracy after each member) and
-:func:`advgan` (a trained generator, one pass). Look them up by name with :func:`get_attack`, run them with the
-default budget via :func:`run_attack`, and read their cost with :func:`attack_cost`. MONAI integration:
-:class:`AdversarialPerturb`, :class:`AdversarialPerturbd` (transforms), :class:`AdversarialInferer` and
+AutoAttack-style ensemble of them; :func:`run_autoattack` adds the robust accuracy after each member),
+:func:`advgan` (a trained generator, one pass) and, for segmentation, :func:`medis` (MedIS loss fusion). Every
+gradient attack above attacks a segmentation model with a :class:`~medadv_monai.losses.DenseLoss` as ``loss_fn``
+(towards the target masks of :class:`SegTargetd` when targeted). Look them up by name with :func:`get_attack`,
+run them with the default budget via :func:`run_attack`, and read their cost with :func:`attack_cost`. MONAI
+integration: :class:`AdversarialPerturb`, :class:`AdversarialPerturbd` (transforms), :class:`AdversarialInferer` and
 :class:`PrepareAttackBatch` (engines). The benchmarks live in :mod:`medadv_monai.bench`.
 """
 
@@ -42,6 +44,10 @@ _LAZY = {
     "PrepareAttackBatch": "medadv_monai.attacks.inferer",
     "AdversarialPerturb": "medadv_monai.attacks.transforms",
     "AdversarialPerturbd": "medadv_monai.attacks.transforms",
+    "MedISResult": "medadv_monai.attacks.medis",
+    "medis": "medadv_monai.attacks.medis",
+    "SegTargetd": "medadv_monai.attacks.seg_targets",
+    "implant_bank": "medadv_monai.attacks.seg_targets",
 }
 
 __all__ = [
@@ -50,7 +56,9 @@ __all__ = [
     "AutoAttackResult",
     "AdversarialPerturb",
     "AdversarialPerturbd",
+    "MedISResult",
     "PrepareAttackBatch",
+    "SegTargetd",
     "advgan",
     "advgan_delta",
     "apgd",
@@ -66,7 +74,9 @@ __all__ = [
     "display_name",
     "fgsm",
     "get_attack",
+    "implant_bank",
     "margin",
+    "medis",
     "mifgsm",
     "pgd",
     "run_attack",

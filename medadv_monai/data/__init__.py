@@ -19,6 +19,7 @@ from medadv_monai.data.labels import (
     LabelConvention,
     TumourMask,
     TumourMaskd,
+    check_regions,
     resolve_convention,
 )
 from medadv_monai.data.layouts import (
@@ -58,6 +59,7 @@ __all__ = [
     "SliceLabeld",
     "TumourMask",
     "TumourMaskd",
+    "check_regions",
     "ValidateVolumesd",
     "anatomical_subject",
     "build_datalist",

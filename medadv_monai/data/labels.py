@@ -36,7 +36,7 @@ from monai.transforms import MapTransform, Transform
 from medadv_monai.errors import MedAdvInputError
 
 __all__ = ["CONVENTIONS", "LAYOUT_CONVENTIONS", "REGIONS", "LabelConvention", "TumourMask", "TumourMaskd",
-           "check_region", "resolve_convention", "subject_convention"]
+           "check_region", "check_regions", "resolve_convention", "subject_convention"]
 
 REGIONS: tuple[str, ...] = ("WT", "TC", "ET")
 """The standard regions: whole tumour, tumour core, enhancing tumour."""
@@ -105,6 +105,26 @@ def check_region(region: Any) -> str:
         raise MedAdvInputError(f"region {region!r}: expected one of {list(REGIONS)} (whole tumour, tumour core, "
                                f"enhancing tumour){hint}")
     return name
+
+
+def check_regions(regions: Any, label_convention: ConventionSpec = "auto") -> list[str]:
+    """A non-empty list of distinct regions (each :func:`check_region`), all defined by ``label_convention`` unless
+    it is ``"auto"`` (then each subject's convention is checked when its mask is made).
+
+    Raises:
+        MedAdvInputError: naming the value and what was expected.
+    """
+    if isinstance(regions, str) or not isinstance(regions, Sequence) or not regions:
+        raise MedAdvInputError(f"regions {regions!r}: expected a non-empty list of {list(REGIONS)}, e.g. "
+                               "['WT', 'TC', 'ET']")
+    out = [check_region(r) for r in regions]
+    if len(set(out)) != len(out):
+        raise MedAdvInputError(f"regions {list(regions)}: each region may appear once")
+    if label_convention != "auto":
+        convention = resolve_convention(label_convention)
+        for r in out:
+            convention.region_labels(r)
+    return out
 
 
 def resolve_convention(spec: ConventionSpec, layout: str | None = None) -> LabelConvention:
@@ -187,13 +207,14 @@ class TumourMask(Transform):
 
 
 class TumourMaskd(MapTransform):
-    """The mask of one tumour region: reads the seg under ``keys`` and writes ``output_key``.
+    """The mask of a tumour region: reads the seg under ``keys`` and writes ``output_key``.
 
     Args:
         keys: the seg key (one).
         label_convention: the convention's name, ``"auto"`` (each subject's layout's, read from ``layout_key``) or a
             custom mapping (:func:`resolve_convention`).
-        region: ``WT`` (whole tumour, default), ``TC`` (tumour core) or ``ET`` (enhancing tumour).
+        region: ``WT`` (whole tumour, default), ``TC`` (tumour core) or ``ET`` (enhancing tumour); a list of them
+            (e.g. ``["WT", "TC", "ET"]``) writes one channel per region, in its order (segmentation targets).
         output_key: where the mask goes.
         layout_key: the datalist entry's layout, for ``"auto"``.
     """
@@ -202,7 +223,7 @@ class TumourMaskd(MapTransform):
         self,
         keys: KeysCollection,
         label_convention: ConventionSpec = "auto",
-        region: str = "WT",
+        region: str | Sequence[str] = "WT",
         output_key: str = "mask",
         layout_key: str = "layout",
         allow_missing_keys: bool = False,
@@ -210,15 +231,28 @@ class TumourMaskd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise MedAdvInputError(f"TumourMaskd: expected one seg key, got {list(self.keys)}")
-        self.region = check_region(region)
+        self.region = check_region(region) if isinstance(region, str) else [check_region(r) for r in region]
+        if not self.region:
+            raise MedAdvInputError("TumourMaskd: region is an empty list; expected a region or a list of them")
         self.label_convention = label_convention
-        if label_convention != "auto":  # a fixed convention is checked now (and must define the region)
-            resolve_convention(label_convention).region_labels(self.region)
+        if label_convention != "auto":  # a fixed convention is checked now (and must define the regions)
+            for r in self._regions():
+                resolve_convention(label_convention).region_labels(r)
         self.output_key, self.layout_key = output_key, layout_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            labels = subject_convention(self.label_convention, d, self.layout_key).region_labels(self.region)
-            d[self.output_key] = TumourMask(labels)(d[key])
+            convention = subject_convention(self.label_convention, d, self.layout_key)
+            masks = [TumourMask(convention.region_labels(r))(d[key]) for r in self._regions()]
+            d[self.output_key] = masks[0] if isinstance(self.region, str) else _stack_channels(masks)
         return d
+
+    def _regions(self) -> list[str]:
+        return [self.region] if isinstance(self.region, str) else list(self.region)
+
+
+def _stack_channels(masks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One-channel masks ``(1, ...)`` stacked as channels ``(R, ...)``, keeping a ``MetaTensor``'s metadata."""
+    out = torch.cat([torch.as_tensor(m) for m in masks])
+    return MetaTensor(out, meta=masks[0].meta) if isinstance(masks[0], MetaTensor) else out

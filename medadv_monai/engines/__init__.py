@@ -1,5 +1,6 @@
 """Ignite engines MONAI lacks: the one attack evaluator, the AdvGAN trainer, the attack-grid runner, the comparison
-of several models (trade-off and transfer), and the adversarial-training step of the stage-1 trainer."""
+of several models (trade-off and transfer), the adversarial-training step of the stage-1 trainer, and
+segmentation under attack (dense attacks and MedIS)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from medadv_monai.engines.attack_evaluator import AttackEvaluator
 from medadv_monai.engines.attack_grid import DEFAULT_COVERAGE_EDGES, AttackGridRunner
 from medadv_monai.engines.grid_cells import CLEAN, AttackCell, advgan_cells, expand_grid, patch_sweep_masks
 from medadv_monai.engines.model_comparison import ModelComparison, load_slice_models
+from medadv_monai.engines.seg_attack_evaluator import DenseAttack, MedISAttack, SegAttackEvaluator
+from medadv_monai.engines.seg_attack_grid import SegAttackGrid, SegCell, seg_cells
 
 __all__ = [
     "CLEAN",
@@ -25,8 +28,13 @@ __all__ = [
     "AttackCell",
     "AttackEvaluator",
     "AttackGridRunner",
+    "DenseAttack",
     "EpsWarmup",
+    "MedISAttack",
     "ModelComparison",
+    "SegAttackEvaluator",
+    "SegAttackGrid",
+    "SegCell",
     "adversarial_settings",
     "advgan_cells",
     "advgan_scalars",
@@ -34,5 +42,6 @@ __all__ = [
     "expand_grid",
     "load_slice_models",
     "patch_sweep_masks",
+    "seg_cells",
     "warmup_eps",
 ]

@@ -51,7 +51,15 @@ from medadv_monai.metrics import SUMMARY_COLUMNS, coverage_bins, summarize_colum
 from medadv_monai.utils import save_csv, save_json, save_text
 from medadv_monai.utils.checks import check_bool
 from medadv_monai.utils.distributed import broadcast, is_main
-from medadv_monai.utils.fingerprint import describe, file_digest, fingerprint, read_stamp, stamp_changes, write_stamp
+from medadv_monai.utils.fingerprint import (
+    describe,
+    file_digest,
+    fingerprint,
+    read_stamp,
+    settings_only,
+    stamp_changes,
+    write_stamp,
+)
 from medadv_monai.utils.logs import DETAIL_LOGGER
 from medadv_monai.utils.provenance import portable_path, provenance, provenance_markdown
 from medadv_monai.visualize import (
@@ -177,9 +185,9 @@ class AttackGridRunner:
         common = {"format": CELL_FORMAT, "classifier": model_description(self.network, self.classifier_ckpt),
                   "seed": self.seed, "batch_size": self.batch_size,
                   "slices": {"count": len(data), "digest": fingerprint(data)[:16]},
-                  "preprocessing": _settings(describe(self.dataset.transform))}
-        targets = {name: _settings(t.description()) for name, t in self.transfer_targets.items()}
-        masks = {name: _settings(describe(self.masks[name])) for name in {c.mask for c in self.cells}}
+                  "preprocessing": settings_only(describe(self.dataset.transform))}
+        targets = {name: settings_only(t.description()) for name, t in self.transfer_targets.items()}
+        masks = {name: settings_only(describe(self.masks[name])) for name in {c.mask for c in self.cells}}
         return {c.label: {**common, "cell": c.description(), "mask_transform": masks[c.mask],
                           **({"transfer_targets": targets} if self._transfers(c) else {})} for c in self.cells}
 
@@ -429,15 +437,6 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]], targeted: bool = False) ->
     summarise as one process's do."""
     columns = {k: [row[k] for row in rows] for k in (rows[0] if rows else ())}
     return summarize_columns(columns, targeted=targeted)
-
-
-def _settings(description: Any) -> Any:
-    """A transform's description without its private attributes (open files, drawn seeds): state, not settings."""
-    if isinstance(description, dict):
-        return {k: _settings(v) for k, v in description.items() if not k.startswith("_")}
-    if isinstance(description, list):
-        return [_settings(v) for v in description]
-    return description
 
 
 def _cell_line(summary: Mapping[str, Any]) -> str:

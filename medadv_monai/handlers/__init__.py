@@ -1,5 +1,5 @@
 """Ignite handlers MONAI lacks: attack summaries, per-sample rows, image grids, per-slice prediction CSV, metrics
-JSON, atomic checkpoints and resume from the newest one, epoch-level seeding, transfer scoring."""
+JSON, atomic checkpoints and resume from the newest one, epoch-level seeding, transfer scoring, per-region Dice."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from medadv_monai.handlers.checkpoint import (
 )
 from medadv_monai.handlers.determinism import SeedEpochs
 from medadv_monai.handlers.image_grid import AttackImageGrid
+from medadv_monai.handlers.region_metrics import SubjectDice, region_channel, region_dice_metrics
 from medadv_monai.handlers.sample_recorder import PerSampleRecorder
 from medadv_monai.handlers.slice_images import TumourSliceImages
 from medadv_monai.handlers.threshold import CalibrateThreshold
@@ -37,6 +38,7 @@ __all__ = [
     "RunLock",
     "SeedEpochs",
     "SliceModel",
+    "SubjectDice",
     "SlicePredictionWriter",
     "TransferScorer",
     "TumourSliceImages",
@@ -44,6 +46,8 @@ __all__ = [
     "model_description",
     "network_description",
     "prediction_rows",
+    "region_channel",
+    "region_dice_metrics",
     "transfer_prefix",
     "transfer_summaries",
 ]

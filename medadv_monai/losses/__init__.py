@@ -1,7 +1,8 @@
 """Training and attack losses. Engines take them as callables and hold no loss mathematics.
 
 :mod:`~medadv_monai.losses.advgan`: AdvGAN's generator and discriminator losses; :mod:`~medadv_monai.losses.robust`:
-adversarial training (PGD-AT, TRADES, MART) as one callable, :class:`AdversarialTrainingLoss`.
+adversarial training (PGD-AT, TRADES, MART) as one callable, :class:`AdversarialTrainingLoss`;
+:mod:`~medadv_monai.losses.dense`: dense (segmentation) attack losses reduced per sample, :class:`DenseLoss`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from medadv_monai.losses.advgan import (
     gradient_penalty,
     perturbation_loss,
 )
+from medadv_monai.losses.dense import DENSE_LOSSES, MEDIS_LOSSES, DenseLoss, lovasz_hinge, medis_losses, soft_dice
 from medadv_monai.losses.robust import (
     AT_METHODS,
     AdversarialTrainingLoss,
@@ -35,8 +37,11 @@ from medadv_monai.losses.robust import (
 __all__ = [
     "AT_METHODS",
     "ATTACK_LOSSES",
+    "DENSE_LOSSES",
     "AdversarialTrainingLoss",
+    "DenseLoss",
     "GAN_LOSSES",
+    "MEDIS_LOSSES",
     "PERT_NORMS",
     "AdvGANDiscriminatorLoss",
     "AdvGANGeneratorLoss",
@@ -47,11 +52,14 @@ __all__ = [
     "eval_mode",
     "generator_gan_loss",
     "gradient_penalty",
+    "lovasz_hinge",
     "mart_loss",
     "mart_wrong_class",
+    "medis_losses",
     "perturbation_loss",
     "pgd_at_loss",
     "trades_kl",
     "trades_loss",
+    "soft_dice",
     "training_alpha",
 ]

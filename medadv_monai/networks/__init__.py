@@ -1,5 +1,5 @@
 """Networks: the slice classifier, the AdvGAN generator and discriminator, loading them safely, and the settings
-a trained classifier was made with."""
+a trained classifier was made with, and sliding-window inference as a model (3D segmentation under attack)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from medadv_monai.networks.advgan_checkpoint import AdvGANSettings, load_generat
 from medadv_monai.networks.classifier import SliceClassifier
 from medadv_monai.networks.io import freeze, load_checkpoint, load_frozen, load_weights
 from medadv_monai.networks.model_settings import ModelSettings, classifier_config, recorded_settings, recorded_training
+from medadv_monai.networks.sliding_window import SlidingWindowModel
 
 __all__ = [
     "AdvGANGenerator",
@@ -15,6 +16,7 @@ __all__ = [
     "ModelSettings",
     "PatchDiscriminator",
     "SliceClassifier",
+    "SlidingWindowModel",
     "classifier_config",
     "freeze",
     "load_checkpoint",

@@ -23,8 +23,8 @@ import torch
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.utils.io import save_json
 
-__all__ = ["changed_keys", "check_stamp", "describe", "file_digest", "fingerprint", "read_stamp", "stamp_changes",
-           "write_stamp"]
+__all__ = ["changed_keys", "check_stamp", "describe", "file_digest", "fingerprint", "read_stamp", "settings_only",
+           "stamp_changes", "write_stamp"]
 
 _SKIP_ATTRS = {"R", "_open"}  # a transform's random state, LoadCachedSliced's open memory maps: not settings
 #: files up to this size are hashed whole; larger ones by size and their first and last chunk
@@ -108,6 +108,15 @@ def changed_keys(old: Any, new: Any) -> list[str]:
     """The dotted keys whose values differ between two descriptions (added and removed keys included)."""
     a, b = _flat(describe(old)), _flat(describe(new))
     return sorted(k for k in set(a) | set(b) if a.get(k, ...) != b.get(k, ...))
+
+
+def settings_only(description: Any) -> Any:
+    """A description (:func:`describe`) without private attributes (open files, drawn seeds): state, not settings."""
+    if isinstance(description, dict):
+        return {k: settings_only(v) for k, v in description.items() if not k.startswith("_")}
+    if isinstance(description, list):
+        return [settings_only(v) for v in description]
+    return description
 
 
 def write_stamp(path: str | os.PathLike, description: Any, **content: Any) -> Path:
