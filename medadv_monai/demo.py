@@ -12,6 +12,7 @@ classifier      stage 1 training, then evaluation on the test split (``out/class
 advgan          stage 2 AdvGAN training against the classifier (``out/advgan``)
 attack_grid     stage 3: FGSM/BIM/PGD/MI-FGSM x eps x masks, plus the AdvGAN row (``out/attack_eval``)
 patch_sweep     stage 3's patch sweep, small (``out/attack_eval/patch_sweep``)
+segmentation    the segmentation bundle: training, evaluation and its attack grid (``out/segmentation``)
 report          ``out/report.md`` and ``out/report.html``
 ==============  ==========================================================================================
 
@@ -49,6 +50,9 @@ class DemoSettings:
         advgan: overrides of the AdvGAN bundle (default ``{"train#trainer#max_epochs": 5}``).
         attack_grid: overrides of the attack-evaluation bundle's grid.
         patch_sweep: overrides of its patch sweep.
+        segmentation: overrides of the segmentation bundle (default ``{"train#trainer#max_epochs": 15}``).
+        seg_attacks: overrides of its attack grid (default: PGD on BCE and on soft Dice at 4/255 and 8/255,
+            untargeted and erase, no mask, and MedIS at 8/255).
     """
 
     def __init__(
@@ -60,12 +64,16 @@ class DemoSettings:
         advgan: Mapping[str, Any] | None = None,
         attack_grid: Mapping[str, Any] | None = None,
         patch_sweep: Mapping[str, Any] | None = None,
+        segmentation: Mapping[str, Any] | None = None,
+        seg_attacks: Mapping[str, Any] | None = None,
     ) -> None:
         self.subjects, self.shape, self.image_size = subjects, shape, image_size
         self.classifier = {"train#trainer#max_epochs": 12, **(classifier or {})}
         self.advgan = {"train#trainer#max_epochs": 5, **(advgan or {})}
         self.attack_grid = {"max_slices": 128, **(attack_grid or {})}
         self.patch_sweep = {"sweep_sizes": [0.1, 0.2, 0.3], "max_slices": 128, **(patch_sweep or {})}
+        self.segmentation = {"train#trainer#max_epochs": 15, **(segmentation or {})}
+        self.seg_attacks = {"attack_masks": ["none"], **(seg_attacks or {})}
 
 
 class _Steps:
@@ -183,9 +191,23 @@ def run_demo(
     summary = steps("attack_grid", attack_grid(["evaluate.yaml"], grid_settings, grid_dir), clears=[grid_dir])
     sweep = steps("patch_sweep", attack_grid(["evaluate.yaml", "sweep.yaml"], settings.patch_sweep, sweep_dir),
                   clears=[sweep_dir])
+    seg_dir = out / "segmentation"
+
+    def segmentation() -> dict[str, Any]:
+        runs = {**data, **shaping, "output_dir": str(seg_dir / "models"), **settings.segmentation}
+        bundle = "brats_tumour_segmentation"
+        steps.bundle_run(bundle, ["train.yaml"], **runs)
+        steps.bundle_run(bundle, ["train.yaml", "evaluate.yaml"], eval_dir=str(seg_dir / "eval"), **runs)
+        steps.bundle_run(bundle, ["train.yaml", "attack.yaml"], attack_dir=str(seg_dir / "attacks"), **runs,
+                         **settings.seg_attacks)
+        return {name: json.loads(path.read_text()) for name, path in (
+            ("metrics", seg_dir / "eval" / "metrics.json"), ("summary", seg_dir / "attacks" / "summary.json"),
+            ("medis", seg_dir / "attacks" / "medis.json")) if path.is_file()}
+
+    seg = steps("segmentation", segmentation, clears=[seg_dir])
     report = out / "report.md"
     text = _report(out, dataset_dir, cache_info, cls_metrics, gan_metrics, summary, sweep, steps.log,
-                   time.perf_counter() - start, settings)
+                   time.perf_counter() - start, settings, seg)
     save_text(text, report)
     from medadv_monai.visualize import write_html
 
@@ -243,7 +265,8 @@ def _command(run: Mapping[str, Any]) -> str:
 
 def _report(out: Path, dataset_dir: Path | str, cache_info: Mapping[str, Any], cls: Mapping[str, Any],
             gan: Mapping[str, Any], summary: Sequence[Mapping[str, Any]], sweep: Sequence[Mapping[str, Any]],
-            log: Sequence[Mapping[str, Any]], seconds: float, settings: DemoSettings) -> str:
+            log: Sequence[Mapping[str, Any]], seconds: float, settings: DemoSettings,
+            seg: Mapping[str, Any]) -> str:
     from medadv_monai.data import format_statistics
     from medadv_monai.metrics import wilson_interval
     from medadv_monai.visualize import markdown_table
@@ -300,6 +323,7 @@ def _report(out: Path, dataset_dir: Path | str, cache_info: Mapping[str, Any], c
     for name in ("asr_by_coverage.png", "mask_ranking.png"):
         if (sweep_dir / "figures" / name).is_file():
             lines += [f"![{name}]({rel(sweep_dir / 'figures' / name)})", ""]
+    lines += _segmentation_section(seg, rel(out / "segmentation"))
     lines += ["## Steps", "", markdown_table(log, ["step", "seconds"]), "",
               "TensorBoard: `tensorboard --logdir .` in this folder; each bundle run's full log is the `*.log` file "
               "beside its TensorBoard events (`runs/<time>/`).", ""]
@@ -314,3 +338,30 @@ def _report(out: Path, dataset_dir: Path | str, cache_info: Mapping[str, Any], c
     if runs:
         lines += ["The bundle runs, from this folder:", "", "```"] + [_command(r) for r in runs] + ["```", ""]
     return "\n".join(lines)
+
+
+def _segmentation_section(seg: Mapping[str, Any], folder: str) -> list[str]:
+    """The report's segmentation section: clean Dice per region, Dice under each attack, the MedIS table."""
+    from medadv_monai.visualize import markdown_table
+
+    metrics, summary = seg.get("metrics", {}), seg.get("summary", [])
+    regions = [k[len("test_dice_"):] for k in metrics if k.startswith("test_dice_")]
+    lines = ["## Segmentation under attack", "",
+             f"The segmentation bundle's UNet ([{folder}/attacks/report.md]({folder}/attacks/report.md)). Clean Dice "
+             "on the test split, per region over the slices holding it and per subject:", "",
+             markdown_table([metrics], [f"test_{kind}dice_{r}" for kind in ("", "subject_") for r in regions],
+                            [f"{r} ({kind})" for kind in ("slice", "subject") for r in regions]), ""]
+    attacked = [s for s in summary if s["attack"] != "clean"]
+    if attacked:
+        lines += ["Dice under attack on the tumour slices (eps in units of 1/255); success: IoU(prediction, ground "
+                  "truth) <= 0.5 untargeted, IoU(prediction, target) >= 0.45 targeted; ROG: Dice under half the "
+                  "clean mean.", "",
+                  markdown_table(attacked, ["name", "loss", "target", "mask", "eps_255",
+                                            *[f"adv_dice_{r}" for r in regions], "success_rate", "rog_success_rate"]),
+                  ""]
+    if seg.get("medis"):
+        lines += ["MedIS: success rate and mean steps to success per surrogate loss and fused (steps counted from 0 "
+                  "for the clean image).", "",
+                  markdown_table(seg["medis"], ["target", "eps_255", "loss", "success_rate", "mean_steps",
+                                                "clean_success"]), ""]
+    return lines

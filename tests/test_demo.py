@@ -32,6 +32,10 @@ def test_demo_on_tiny_settings(tmp_path, capsys):
         advgan={"train#trainer#max_epochs": 1, "batch_size": 16, "d_warmup_iterations": 2},
         attack_grid={"attacks": {"fgsm": {}, "pgd": {"steps": 3}}, "eps": [4 / 255, 8 / 255], "split": "training"},
         patch_sweep={"sweep_sizes": [0.2, 0.4], "split": "training"},
+        segmentation={"train#trainer#max_epochs": 2, "batch_size": 16},
+        seg_attacks={"eval_split": "training", "eps": [8 / 255], "attack_targets": ["none"],
+                     "attacks": {"pgd_dice": {"attack": "pgd", "loss": "dice", "steps": 2}},
+                     "medis": {"steps": 2, "losses": ["bce", "dice"], "targets": ["none"]}},
     )
     out = tmp_path / "demo"
     report = run_demo(out, settings=settings)
@@ -60,6 +64,13 @@ def test_demo_on_tiny_settings(tmp_path, capsys):
     for figure in ("attack_eval/figures/robust_accuracy.png", "attack_eval/figures/gradcam.png",
                    "attack_eval/patch_sweep/figures/asr_by_coverage.png"):
         assert (out / figure).is_file() and figure in text
+    seg = json.loads((out / "segmentation" / "eval" / "metrics.json").read_text())
+    assert "## Segmentation under attack" in text
+    (seg_row,) = _table(text, "| WT (slice)")
+    shown = math.nan if seg_row[0] == "–" else float(seg_row[0])
+    assert shown == pytest.approx(seg["test_dice_WT"], abs=5e-4, nan_ok=True)
+    medis = _table(text, "| target | eps_255 | loss")
+    assert [row[2] for row in medis] == ["bce", "dice", "fused"]
     steps = [line for line in text.splitlines() if line.startswith("| ") and line.endswith(" |")]
     assert any(line.startswith("| classifier |") for line in steps)
     # shareable: no path of this machine, links to the HTML versions, and what made it
@@ -75,5 +86,5 @@ def test_demo_on_tiny_settings(tmp_path, capsys):
     log = capsys.readouterr().out
     gan = json.loads((out / "advgan" / "models" / "val_metrics.json").read_text())
     assert 0.0 <= gan["val_asr"] <= 1.0 and "## Stage 2: AdvGAN" in text
-    for step in ("synthetic_data", "slice_cache", "classifier", "advgan", "attack_grid", "patch_sweep"):
+    for step in ("synthetic_data", "slice_cache", "classifier", "advgan", "attack_grid", "patch_sweep", "segmentation"):
         assert f"[demo] {step}: done before" in log

@@ -5,7 +5,8 @@ Outputs in ``output_dir``:
 
 - ``summary.csv`` / ``summary.json``: one row per cell; per region the mean clean and adversarial Dice and IoU over
   the slices holding the region, the success rate (MedIS rule) and, untargeted, the ROG success rate;
-- ``medis.csv``: per MedIS cell, per surrogate loss and fused, the success rate and the mean steps to success;
+- ``medis.csv`` / ``medis.json``: per MedIS cell, per surrogate loss and fused, the success rate and the mean steps to
+  success;
 - ``per_sample.csv``: one row per cell and slice;
 - ``figures/dice_vs_eps.png`` and ``figures/overlay_<cell>.png`` (clean | adversarial | predictions);
 - ``report.md`` / ``report.html``; ``cells/<cell>.json``: each finished cell, stamped with what made it (the cell,
@@ -252,6 +253,7 @@ class SegAttackGrid:
         medis_rows = self.medis_table(results)
         if medis_rows:
             save_csv(medis_rows, out / "medis.csv")
+            save_json(medis_rows, out / "medis.json")
         attacked = [s for s in summary if s["attack"] not in ("clean", "medis")]
         if attacked:
             self.figures.append(plot_dice_vs_eps(attacked, self.regions[0], out / "figures" / "dice_vs_eps.png"))

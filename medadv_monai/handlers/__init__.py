@@ -1,5 +1,6 @@
 """Ignite handlers MONAI lacks: attack summaries, per-sample rows, image grids, per-slice prediction CSV, metrics
-JSON, atomic checkpoints and resume from the newest one, epoch-level seeding, transfer scoring, per-region Dice."""
+JSON, atomic checkpoints and resume from the newest one, epoch-level seeding, transfer scoring, per-region
+Dice, per-subject predicted masks."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from medadv_monai.handlers.checkpoint import (
 )
 from medadv_monai.handlers.determinism import SeedEpochs
 from medadv_monai.handlers.image_grid import AttackImageGrid
+from medadv_monai.handlers.mask_writer import SubjectMaskWriter
 from medadv_monai.handlers.region_metrics import SubjectDice, region_channel, region_dice_metrics
 from medadv_monai.handlers.sample_recorder import PerSampleRecorder
 from medadv_monai.handlers.slice_images import TumourSliceImages
@@ -39,6 +41,7 @@ __all__ = [
     "SeedEpochs",
     "SliceModel",
     "SubjectDice",
+    "SubjectMaskWriter",
     "SlicePredictionWriter",
     "TransferScorer",
     "TumourSliceImages",
