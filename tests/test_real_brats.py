@@ -43,3 +43,28 @@ def test_trained_on_9_real_subjects_it_separates_tumour_slices_of_4_others(tmp_p
     metrics = json.loads((bundle / "eval" / "metrics.json").read_text())
     assert metrics["test_auc"] > 0.8, metrics  # the docs give the default settings' 0.9x
     assert (metrics["test_sensitivity"] + metrics["test_specificity"]) / 2 > 0.7, metrics  # the stored threshold
+
+
+def test_segmentation_learns_the_tumour_regions_of_real_cases(tmp_path):
+    """The segmentation bundle on the same split: the cached region masks of real labels are nested (ET in TC in WT)
+    and a short training segments the whole tumour of the 4 test subjects."""
+    from tests.helpers import BUNDLES, CLASSIFIER_TRAIN
+
+    bundle = bundle_copy(BUNDLES / "brats_tumour_segmentation", tmp_path / "brats_tumour_segmentation")
+    settings = {"dataset_dir": str(REAL_BRATS), "work_dir": str(tmp_path / "work"), "split_fractions": SPLIT,
+                "modalities": ["flair"], "image_size": [32, 32], "data_config": str(CLASSIFIER_TRAIN)}
+    wf = workflow(bundle, ["train.yaml"], "train", **settings, **{"train#trainer#max_epochs": 6})
+    wf.initialize()
+    cache, datalist = wf.parser.get_parsed_content("slice_cache"), wf.parser.get_parsed_content("datalist")
+    for entry in cache.slices(datalist["test"])[::10]:
+        masks = wf.parser.get_parsed_content("load_slices")(entry)["label"]
+        wt, tc, et = masks
+        assert bool((tc <= wt).all() and (et <= tc).all()), entry["subject"]
+    wf.run()
+    wf.finalize()
+    ev = workflow(bundle, ["train.yaml", "evaluate.yaml"], "infer", **settings)
+    ev.initialize()
+    ev.run()
+    ev.finalize()
+    metrics = json.loads((bundle / "eval" / "metrics.json").read_text())
+    assert metrics["test_subject_dice_WT"] > 0.5, metrics  # the docs give the default settings' figures

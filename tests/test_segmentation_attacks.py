@@ -122,6 +122,20 @@ def test_subject_dice_pools_a_subjects_slices() -> None:
     assert state.metrics["val_subject_dice_WT"] == pytest.approx(2 / 3)
 
 
+def test_region_mean_dice_is_the_mean_of_the_regions() -> None:
+    from ignite.engine import Engine
+
+    from medadv_monai.handlers import RegionMeanDice
+
+    pred, gt = torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)
+    gt[0, 0, :2], pred[0, 0, :1] = 1, 1  # WT on slice 0 only: Dice 2/3
+    gt[1, 1, :2], pred[1, 1, :2] = 1, 1  # TC on slice 1 only: Dice 1; no slice holds ET: left out
+    engine = Engine(lambda e, b: (list(pred), list(gt)))
+    RegionMeanDice().attach(engine, "dice")
+    engine.run([0])
+    assert engine.state.metrics["dice"] == pytest.approx((2 / 3 + 1) / 2)
+
+
 def test_tumour_mask_regions_as_channels() -> None:
     seg = MetaTensor(torch.tensor([0, 1, 2, 4]).reshape(1, 2, 2, 1).float())
     out = TumourMaskd("seg", label_convention="brats2021", region=["WT", "TC", "ET"])({"seg": seg})["mask"]
@@ -291,3 +305,55 @@ def test_3d_sliding_window_attack() -> None:
     dice, _ = region_scores((model(adv) > 0).float(), own)
     assert dice.mean() < 0.9  # 1 before the attack; 0.84 measured
     assert all(p.grad is None for p in unet.parameters()) and not unet.training
+
+
+# ------------------------------------------------------------------------------------------------ the grid's checks
+def test_seg_grid_cells_and_their_errors() -> None:
+    from medadv_monai.engines import DenseAttack, MedISAttack, seg_cells
+
+    cells = seg_cells({"pgd_ce": {"attack": "pgd", "loss": "bce"}}, [4 / 255, 8 / 255], ["none", "ring"],
+                      ["none", "erase"], {"eps": [8 / 255], "masks": ["none"], "targets": ["none"], "steps": 3})
+    assert [c.label for c in cells][:3] == ["clean", "pgd_ce-none-none-eps4", "pgd_ce-erase-none-eps4"]
+    assert len(cells) == 1 + 8 + 1 and cells[-1].label == "medis-none-none-eps8"
+    bad = [
+        (({"medis": {"attack": "pgd"}}, [0.1], ["none"]), "not named clean or medis"),
+        (({"x": {"attack": "cw"}}, [0.1], ["none"]), "fgsm|bim|pgd"),
+        (({"x": {"attack": "pgd", "eps": 0.1}}, [0.1], ["none"]), "set by the grid"),
+        (({"x": {"attack": "pgd"}}, 0.03, ["none"]), "non-empty list of budgets"),
+        (({"x": {"attack": "pgd"}}, [2.0], ["none"]), "eps"),
+        (({"x": {"attack": "pgd"}}, [0.1], "none"), "attack_masks"),
+        (({"x": {"attack": "pgd"}}, [0.1, 0.1], ["none"]), "appear twice"),
+    ]
+    for args, match in bad:
+        with pytest.raises(MedAdvInputError, match=match):
+            seg_cells(*args)
+    with pytest.raises(MedAdvInputError, match="does not take"):
+        DenseAttack("pgd", "bce", eps=0.1, stepz=3)
+    with pytest.raises(MedAdvInputError, match="does not take"):
+        MedISAttack(eps=0.1, foo=1)
+    with pytest.raises(MedAdvInputError, match="expected one of"):
+        DenseAttack("pgd", "bcx")
+    for weights in ({"bce": float("nan")}, {"bce": 0.0}, {"bce": True}, {"focal": 1.0}):
+        with pytest.raises(MedAdvInputError, match="combo weights"):
+            DenseLoss("combo", weights=weights)
+    with pytest.raises(MedAdvInputError, match=r"class ids in \[0, 2\]"):
+        DenseLoss("ce", activation="softmax")(torch.zeros(1, 3, 2, 2), torch.full((1, 1, 2, 2), 3))
+
+
+def test_implant_bank_is_read_on_first_use_only() -> None:
+    class Counting(list):
+        reads = 0
+
+        def __iter__(self):
+            Counting.reads += 1
+            return super().__iter__()
+
+    mask = torch.zeros(1, 2, 2)
+    mask[0, 0, 0] = 1
+    samples = Counting([{"subject": "b", "mask": mask}])
+    t = SegTargetd(kind="implant", samples=samples)
+    assert Counting.reads == 0
+    out = t({"subject": "a", "slice_index": 0, "mask": torch.zeros(1, 2, 2)})["target"]
+    assert torch.equal(out, mask) and Counting.reads == 1
+    t({"subject": "a", "slice_index": 1, "mask": torch.zeros(1, 2, 2)})
+    assert Counting.reads == 1

@@ -2,7 +2,7 @@
 
 For each surrogate loss (the dense losses of :func:`medadv_monai.losses.medis_losses`) an I-FGSM run of at most
 ``steps`` signed steps of ``alpha`` inside the masked :math:`L_\\infty` box; after every step the image is judged
-(:func:`~medadv_monai.metrics.segmentation.seg_success` on the whole-tumour channel: untargeted
+(:func:`~medadv_monai.metrics.segmentation.seg_success` on the first region channel, WT by default: untargeted
 IoU(prediction, ground truth) <= 0.5, targeted IoU(prediction, target) >= 0.45) and a successful image stops moving.
 Parallel fusion keeps, per image, the successful loss with the fewest steps; ties go to the lower IoU with the
 ground truth (untargeted) or the higher IoU with the target (targeted). An image no loss fools keeps the loss that
@@ -37,7 +37,7 @@ class MedISResult:
         x_adv: the fused adversarial batch (each image from its chosen loss).
         losses: the surrogate names, in the order of the rows below.
         steps: ``(L, N)`` steps to success per loss and image, -1 where the loss did not succeed.
-        iou: ``(L, N)`` IoU of the whole-tumour channel with the ground truth (untargeted) or the target (targeted)
+        iou: ``(L, N)`` IoU of the first region channel with the ground truth (untargeted) or the target (targeted)
             where each loss's run stopped.
         chosen: ``(N,)`` index of the fused loss per image.
         success: ``(N,)`` whether the fused result succeeds (some loss succeeded).
@@ -84,7 +84,6 @@ def medis(
         x: inputs in ``[0, 1]``, ``(N, C, H, W)`` or ``(N, C, D, H, W)``. Not modified.
         y: ground-truth region masks ``(N, R, *S)`` or, when ``targeted``, the target masks.
         eps: L-inf budget in ``[0, 1]`` (float or per-sample tensor).
-        alpha: I-FGSM step (default 1/255).
         losses: name -> per-sample loss ``(logits, masks) -> (N,)``; the MedIS set is
             :func:`medadv_monai.losses.medis_losses` (BCE, soft Dice, log-cosh Dice, BCE + Dice, Lovasz hinge and
             their weighted sum).

@@ -50,19 +50,30 @@ class SegTargetd(MapTransform):
         keys: the region masks (ground truth) key, normally ``"mask"``.
         kind: ``"erase"``, ``"implant"`` or ``"given"``.
         bank: ``implant``: :func:`implant_bank` of the slices to draw from (other subjects only).
+        samples: ``implant``, instead of ``bank``: the samples (e.g. a dataset) to build it from, on first use (so a
+            transform that is configured but never used reads nothing).
         target_key: where the target goes (``given``: where it already is).
     """
 
     def __init__(self, keys: KeysCollection = "mask", kind: str = "erase",
-                 bank: Sequence[tuple[str, torch.Tensor]] | None = None, target_key: Hashable = "target",
-                 allow_missing_keys: bool = False) -> None:
+                 bank: Sequence[tuple[str, torch.Tensor]] | None = None, samples: Iterable[Mapping] | None = None,
+                 target_key: Hashable = "target", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         if kind not in SEG_TARGETS:
             raise MedAdvInputError(f"segmentation target kind {kind!r}: expected one of {list(SEG_TARGETS)}")
-        if kind == "implant" and not bank:
-            raise MedAdvInputError("an 'implant' target needs a bank of tumour slices (implant_bank); got none")
-        self.kind, self.target_key = kind, target_key
-        self.bank = list(bank or [])
+        if kind == "implant" and not bank and samples is None:
+            raise MedAdvInputError("an 'implant' target needs a bank of tumour slices (bank=implant_bank(...) or "
+                                   "samples=...); got none")
+        self.kind, self.target_key, self.samples = kind, target_key, samples
+        self.bank = list(bank) if bank else None
+        self._bank: list[tuple[str, torch.Tensor]] | None = self.bank
+
+    def _the_bank(self) -> list[tuple[str, torch.Tensor]]:
+        if self._bank is None:
+            self._bank = implant_bank(self.samples, str(self.keys[0])) if self.samples is not None else []
+            if not self._bank:
+                raise MedAdvInputError("an 'implant' target needs tumour slices to draw from; the samples hold none")
+        return self._bank
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -80,7 +91,7 @@ class SegTargetd(MapTransform):
 
     def _implant(self, d: Mapping[Hashable, Any], gt: torch.Tensor) -> torch.Tensor:
         subject = str(d.get("subject", ""))
-        others = [m for s, m in self.bank if s != subject]
+        others = [m for s, m in self._the_bank() if s != subject]
         if not others:
             raise MedAdvInputError(f"implant target for subject {subject!r}: the bank holds no tumour slice of "
                                    "another subject")

@@ -231,9 +231,7 @@ class TumourMaskd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise MedAdvInputError(f"TumourMaskd: expected one seg key, got {list(self.keys)}")
-        self.region = check_region(region) if isinstance(region, str) else [check_region(r) for r in region]
-        if not self.region:
-            raise MedAdvInputError("TumourMaskd: region is an empty list; expected a region or a list of them")
+        self.region = check_region(region) if isinstance(region, str) else check_regions(region)
         self.label_convention = label_convention
         if label_convention != "auto":  # a fixed convention is checked now (and must define the regions)
             for r in self._regions():

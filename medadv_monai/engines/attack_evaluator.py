@@ -21,6 +21,7 @@ from monai.utils import CommonKeys as Keys
 
 from medadv_monai.attacks.inferer import AdversarialInferer, PrepareAttackBatch
 from medadv_monai.attacks.targets import default_targets
+from medadv_monai.engines.grid_shards import seed_batch
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.metrics import LABEL_KEY, REFERENCE_KEYS, TARGET_KEY, mask_attackable_samples, score_attack
 
@@ -129,11 +130,7 @@ class AttackEvaluator(SupervisedEvaluator):
 
     def _seed_batch(self, engine: Engine) -> None:
         """Seed torch's generator with this batch's entry of ``batch_seeds`` (the batch's index in the epoch)."""
-        i = (engine.state.iteration - 1) % engine.state.epoch_length if engine.state.epoch_length else 0
-        if i >= len(self.batch_seeds):
-            raise MedAdvInputError(f"AttackEvaluator: batch_seeds has {len(self.batch_seeds)} seeds, but the data "
-                                   f"loader gave batch {i + 1}; give one seed per batch")
-        torch.manual_seed(self.batch_seeds[i])
+        seed_batch(engine, self.batch_seeds, "AttackEvaluator")
 
     def _attack(self, inferer: AdversarialInferer, x: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None,
                 targets: torch.Tensor | None, attackable: torch.Tensor) -> torch.Tensor:

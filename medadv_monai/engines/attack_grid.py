@@ -55,9 +55,8 @@ from medadv_monai.utils.fingerprint import (
     describe,
     file_digest,
     fingerprint,
-    read_stamp,
+    reusable,
     settings_only,
-    stamp_changes,
     write_stamp,
 )
 from medadv_monai.utils.logs import DETAIL_LOGGER
@@ -257,18 +256,9 @@ class AttackGridRunner:
 
     def _reuse(self, cell: AttackCell, description: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
         """The finished cell if its file's stamp matches ``description``, else ``None`` and why not."""
-        path = self._cell_file(cell)
-        if not self.resume or not path.exists():
+        if not self.resume:
             return None, ""
-        stamp = read_stamp(path)  # the cell file is its own stamp: read once
-        changed = stamp_changes(stamp, description)
-        if changed == ["<no stamp>"]:
-            return None, f"{path.name} is unreadable or unstamped"
-        if changed:
-            return None, f"{path.name} was made with other {', '.join(changed)}"
-        if not isinstance(stamp.get("summary"), dict) or not isinstance(stamp.get("rows"), list):
-            return None, f"{path.name} is unreadable"
-        return {"summary": stamp["summary"], "rows": stamp["rows"]}, ""
+        return reusable(self._cell_file(cell), description, {"summary": dict, "rows": list})
 
     def run(self) -> list[dict[str, Any]]:
         """Run every cell, reusing a finished one whose stamp matches, then write the tables, figures and report;

@@ -13,17 +13,33 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from monai.data import Dataset
 from monai.transforms import Compose
 
+from medadv_monai.errors import MedAdvInputError
 from medadv_monai.utils.distributed import all_gather, rank, world_size
 
-__all__ = ["SliceSeeded", "batch_indices", "derived_seed", "gather_rows", "shard"]
+__all__ = ["SliceSeeded", "batch_indices", "derived_seed", "gather_rows", "seed_batch", "shard"]
 
 
 def derived_seed(*keys: Any) -> int:
     """A 32-bit seed made from ``keys`` (ints and strings), the same in every process, run and platform."""
     return int.from_bytes(hashlib.blake2b(repr(keys).encode(), digest_size=4).digest(), "little")
+
+
+def seed_batch(engine: Any, seeds: Sequence[int], owner: str) -> None:
+    """Seed torch's generator with ``seeds[i]`` for batch ``i`` of the engine's epoch (an attack evaluator's
+    ``batch_seeds``), so an attack's random draws depend on its batch alone.
+
+    Raises:
+        MedAdvInputError: fewer seeds than batches (``owner`` names the evaluator).
+    """
+    i = (engine.state.iteration - 1) % engine.state.epoch_length if engine.state.epoch_length else 0
+    if i >= len(seeds):
+        raise MedAdvInputError(f"{owner}: batch_seeds has {len(seeds)} seeds, but the data loader gave batch {i + 1}; "
+                               "give one seed per batch")
+    torch.manual_seed(seeds[i])
 
 
 def batch_indices(n: int, size: int) -> list[list[int]]:

@@ -20,13 +20,19 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
 from medadv_monai.attacks.medis import medis
-from medadv_monai.attacks.registry import run_attack
+from medadv_monai.attacks.registry import attack_kwargs, get_attack
+from medadv_monai.engines.grid_shards import seed_batch
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.losses.dense import MEDIS_LOSSES, DenseLoss, medis_losses
 from medadv_monai.metrics import perturbation_metrics
 from medadv_monai.metrics.segmentation import hard_masks, region_scores, seg_success
 
-__all__ = ["DenseAttack", "MedISAttack", "SegAttackEvaluator"]
+__all__ = ["DENSE_ATTACKS", "MEDIS_ARGS", "DenseAttack", "MedISAttack", "SegAttackEvaluator"]
+
+DENSE_ATTACKS = ("fgsm", "bim", "pgd", "mifgsm", "apgd")
+"""The gradient attacks that take a dense ``loss_fn``."""
+MEDIS_ARGS = ("losses", "weights", "alpha", "steps")
+"""What a MedIS row may set besides the grid's eps, mask and target."""
 
 SegAttack = Callable[[Callable, torch.Tensor, torch.Tensor, Any], tuple[torch.Tensor, dict[str, Any]]]
 
@@ -38,19 +44,23 @@ class DenseAttack:
         attack: ``fgsm``, ``bim``, ``pgd``, ``mifgsm`` or ``apgd``.
         loss: a :data:`~medadv_monai.losses.dense.DENSE_LOSSES` name (e.g. ``bce`` or ``dice``).
         targeted: descend the loss towards ``y`` (target masks) instead of ascending it.
+        weights: the ``combo`` loss's weights.
         kwargs: the attack's own arguments (``eps``, ``alpha``, ``steps``, ...; registry defaults fill the rest).
+
+    It calls the attack function directly rather than through :class:`~medadv_monai.attacks.AdversarialInferer`,
+    whose labels and default targets are those of a classifier.
     """
 
-    def __init__(self, attack: str = "pgd", loss: str = "bce", targeted: bool = False, **kwargs: Any) -> None:
-        if attack not in ("fgsm", "bim", "pgd", "mifgsm", "apgd"):
-            raise MedAdvInputError(f"dense attack {attack!r}: expected one of fgsm, bim, pgd, mifgsm, apgd (the "
-                                   "gradient attacks that take a loss_fn)")
-        self.attack, self.loss_fn, self.targeted, self.kwargs = attack, DenseLoss(loss), bool(targeted), kwargs
+    def __init__(self, attack: str = "pgd", loss: str = "bce", targeted: bool = False,
+                 weights: Mapping[str, float] | None = None, **kwargs: Any) -> None:
+        if attack not in DENSE_ATTACKS:
+            raise MedAdvInputError(f"dense attack {attack!r}: expected one of {list(DENSE_ATTACKS)} (the gradient "
+                                   "attacks that take a loss_fn)")
+        self.attack, self.loss_fn, self.targeted = attack, DenseLoss(loss, weights=weights), bool(targeted)
+        self.kwargs = attack_kwargs(attack, targeted=self.targeted, **kwargs)  # unknown arguments: refused now
 
     def __call__(self, model: Callable, x: torch.Tensor, y: torch.Tensor, mask: Any) -> tuple[torch.Tensor, dict]:
-        x_adv = run_attack(self.attack, model, x, y, mask=mask, targeted=self.targeted, loss_fn=self.loss_fn,
-                           **self.kwargs)
-        return x_adv, {}
+        return get_attack(self.attack)(model, x, y, mask=mask, loss_fn=self.loss_fn, **self.kwargs), {}
 
 
 class MedISAttack:
@@ -67,6 +77,9 @@ class MedISAttack:
 
     def __init__(self, eps: float, losses: Sequence[str] = MEDIS_LOSSES, targeted: bool = False,
                  weights: Mapping[str, float] | None = None, **kwargs: Any):
+        unknown = sorted(set(kwargs) - set(MEDIS_ARGS))
+        if unknown:
+            raise MedAdvInputError(f"MedIS does not take {unknown}; expected some of {list(MEDIS_ARGS)}")
         self.eps, self.losses, self.targeted, self.kwargs = eps, medis_losses(losses, weights), bool(targeted), kwargs
 
     def __call__(self, model: Callable, x: torch.Tensor, y: torch.Tensor, mask: Any) -> tuple[torch.Tensor, dict]:
@@ -85,9 +98,10 @@ class SegAttackEvaluator(SupervisedEvaluator):
     ``subject``, ``slice_index``, ``label`` (the first region is present), per region ``present_<R>``,
     ``clean_dice_<R>``, ``adv_dice_<R>``, ``clean_iou_<R>``, ``adv_iou_<R>``; ``success`` (untargeted:
     IoU(adv prediction, ground truth) <= 0.5 on the first region; targeted: IoU(adv prediction, target) >= 0.45,
-    also as ``target_iou``); the perturbation metrics ``linf``, ``l2``, ``l0``, ``tv``, ``ssim``; and the attack's
-    own columns. ``engine.state.output``: ``image``, ``label``, ``pred`` (adversarial logits), ``clean_pred``,
-    ``adv``, ``attack_mask``, ``per_sample``.
+    also as ``target_iou``); the perturbation metrics ``linf``, ``l2``, ``l0``, ``tv``, ``ssim``, ``coverage`` (of
+    the tumour, the union of the regions, by the attack mask) and ``area``; and the attack's own columns.
+    ``engine.state.output``: ``image``, ``label``, ``pred`` (adversarial logits), ``clean_pred``, ``adv``,
+    ``attack_mask``, ``per_sample``.
 
     Args:
         device: where the network runs.
@@ -118,7 +132,7 @@ class SegAttackEvaluator(SupervisedEvaluator):
 
     def _iteration(self, engine: Engine, batchdata: dict[str, Any]) -> dict[str, Any]:
         if self.batch_seeds is not None:
-            torch.manual_seed(self.batch_seeds[(engine.state.iteration - 1) % engine.state.epoch_length])
+            seed_batch(engine, self.batch_seeds, "SegAttackEvaluator")
         device = engine.state.device
         x = self._get(batchdata, Keys.IMAGE, device)
         gt = self._get(batchdata, Keys.LABEL, device)
@@ -130,6 +144,9 @@ class SegAttackEvaluator(SupervisedEvaluator):
         extra: dict[str, Any] = {}
         with engine.mode(engine.network):
             clean = engine.network(x).float()
+            if clean.shape != gt.shape:
+                raise MedAdvInputError(f"the model's output has shape {tuple(clean.shape)}, the region masks "
+                                       f"{tuple(gt.shape)}; expected one logit channel per region {self.regions}")
             x_adv = x
             if self.attack is not None:
                 x_adv, extra = self.attack(engine.network, x, target if self.targeted else gt, mask)
@@ -164,6 +181,6 @@ class SegAttackEvaluator(SupervisedEvaluator):
             cols["success"] = seg_success(target_iou, True).long()
         else:
             cols["success"] = seg_success(adv_iou, False).long()
-        metrics = perturbation_metrics(x, x_adv, mask)
-        cols.update({k: metrics[k] for k in ("linf", "l2", "l0", "tv", "ssim")})
+        metrics = perturbation_metrics(x, x_adv, mask, tumour=gt.amax(1, keepdim=True))
+        cols.update({k: metrics[k] for k in ("linf", "l2", "l0", "tv", "ssim", "coverage", "area")})
         return cols

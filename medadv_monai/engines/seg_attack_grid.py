@@ -13,8 +13,8 @@ Outputs in ``output_dir``:
   the model's weights, the slices, the transforms, the seed and the batch size): a rerun reuses it only when
   everything matches.
 
-Random draws depend only on the seed and the data: mask and target transforms are seeded per slice, torch's
-generator (PGD's random start) per batch.
+Random draws depend only on the seed and the data: a mask transform is seeded per slice from (seed, mask, slice),
+so every cell with that mask attacks through the same mask; torch's generator (PGD's random start) per batch.
 """
 
 from __future__ import annotations
@@ -34,13 +34,14 @@ from monai.data import DataLoader, Dataset
 from monai.transforms import Compose
 
 from medadv_monai.engines.grid_shards import SliceSeeded, batch_indices, derived_seed
-from medadv_monai.engines.seg_attack_evaluator import DenseAttack, MedISAttack, SegAttackEvaluator
+from medadv_monai.engines.seg_attack_evaluator import DENSE_ATTACKS, DenseAttack, MedISAttack, SegAttackEvaluator
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.handlers import PerSampleRecorder, model_description
 from medadv_monai.metrics.segmentation import summarize_regions
+from medadv_monai.settings import check_settings
 from medadv_monai.utils import save_csv, save_json, save_text
 from medadv_monai.utils.checks import check_bool
-from medadv_monai.utils.fingerprint import describe, fingerprint, read_stamp, settings_only, stamp_changes, write_stamp
+from medadv_monai.utils.fingerprint import describe, fingerprint, reusable, settings_only, write_stamp
 from medadv_monai.utils.logs import DETAIL_LOGGER
 from medadv_monai.visualize import markdown_table, write_html
 from medadv_monai.visualize.seg_figures import plot_dice_vs_eps, segmentation_overlays
@@ -101,19 +102,44 @@ def seg_cells(attacks: Mapping[str, Mapping[str, Any]], eps: Sequence[float], ma
         eps, masks, targets: the grid's axes (targets: ``none`` for untargeted, ``erase``, ``implant``).
         medis: ``{eps: [...], masks: [...], targets: [...], ...MedIS arguments}``; ``None``: no MedIS cells.
     """
+    if not isinstance(attacks, Mapping):
+        raise MedAdvInputError(f"attacks: expected a mapping of row name -> {{attack, loss, ...}}, got {attacks!r}")
     for name, s in attacks.items():
-        if not isinstance(s, Mapping) or s.get("attack") in (None, "medis", "clean"):
-            raise MedAdvInputError(f"attacks#{name}: expected {{attack: fgsm|bim|pgd|mifgsm|apgd, loss: ...}}, "
-                                   f"got {s!r}")
+        if name in ("clean", "medis") or not isinstance(s, Mapping) or s.get("attack") not in DENSE_ATTACKS:
+            raise MedAdvInputError(f"attacks#{name}: expected a row not named clean or medis, {{attack: "
+                                   f"{'|'.join(DENSE_ATTACKS)}, loss: ...}}, got {s!r}")
+        fixed = sorted(set(s) & {"eps", "mask", "targeted", "loss_fn"})
+        if fixed:
+            raise MedAdvInputError(f"attacks#{name}: {fixed} are set by the grid (eps, attack_masks, attack_targets)")
     cells = [SegCell("clean")]
-    cells += [SegCell(n, dict(s), float(e), m, t)
-              for (n, s), e, m, t in itertools.product(attacks.items(), eps, masks, targets)]
+    cells += [SegCell(n, dict(s), e, m, t) for (n, s), e, m, t in
+              itertools.product(attacks.items(), _eps_list(eps, "eps"), _names(masks, "attack_masks"),
+                                _names(targets, "attack_targets"))]
     if medis:
         m = dict(medis)
         axes = {k: m.pop(k, default) for k, default in (("eps", eps), ("masks", masks), ("targets", targets))}
-        cells += [SegCell("medis", {"attack": "medis", **m}, float(e), mk, t)
-                  for e, mk, t in itertools.product(axes["eps"], axes["masks"], axes["targets"])]
+        cells += [SegCell("medis", {"attack": "medis", **m}, e, mk, t) for e, mk, t in
+                  itertools.product(_eps_list(axes["eps"], "medis#eps"), _names(axes["masks"], "medis#masks"),
+                                    _names(axes["targets"], "medis#targets"))]
+    labels = [c.label for c in cells]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise MedAdvInputError(f"grid cells {twice} appear twice (the same row, eps, mask and target)")
     return cells
+
+
+def _eps_list(values: Any, what: str) -> list[float]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise MedAdvInputError(f"{what}: expected a non-empty list of budgets in [0, 1], e.g. \"$[4/255, 8/255]\", "
+                               f"got {values!r}")
+    return [float(check_settings({"eps": v})["eps"]) for v in values]
+
+
+def _names(values: Any, what: str) -> list[str]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values \
+            or not all(isinstance(v, str) for v in values):
+        raise MedAdvInputError(f"{what}: expected a non-empty list of names, e.g. ['none'], got {values!r}")
+    return list(values)
 
 
 class SegAttackGrid:
@@ -144,7 +170,13 @@ class SegAttackGrid:
             raise MedAdvInputError(f"grid cells use masks or targets {missing} that the config does not define "
                                    f"(masks: {sorted(masks)}, targets: {sorted(targets)})")
         if len(dataset) == 0:
-            raise MedAdvInputError("the dataset has 0 slices: there is nothing to attack")
+            raise MedAdvInputError("the dataset has 0 slices: there is nothing to attack (tumour_only keeps the "
+                                   "slices holding tumour; choose a split that has some)")
+        for cell in cells:  # an unknown attack, loss or argument is refused before any cell runs
+            try:
+                cell.make_attack()
+            except MedAdvInputError as e:
+                raise MedAdvInputError(f"grid cell {cell.label}: {e}") from None
         self.cells, self.network, self.dataset = list(cells), network, dataset
         self.regions, self.masks, self.targets = list(regions), dict(masks), targets
         self.device, self.output_dir = torch.device(device), Path(output_dir)
@@ -158,7 +190,7 @@ class SegAttackGrid:
         if cell.targeted:
             parts.append(self.targets[cell.target])
         data = SliceSeeded(self.dataset.data, Compose(parts),
-                           seeds=lambda i: derived_seed(self.seed, "mask", cell.mask, cell.target, i))
+                           seeds=lambda i: derived_seed(self.seed, "mask", cell.mask, i))
         return DataLoader(data, batch_sampler=batch_indices(len(data), self.batch_size), num_workers=0)
 
     def description(self, cell: SegCell) -> dict[str, Any]:
@@ -195,23 +227,14 @@ class SegAttackGrid:
     def _cell_file(self, cell: SegCell) -> Path:
         return self.output_dir / "cells" / f"{cell.label}.json"
 
-    def _reuse(self, cell: SegCell, description: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
-        path = self._cell_file(cell)
-        if not self.resume or not path.exists():
-            return None, ""
-        stamp = read_stamp(path)
-        changed = stamp_changes(stamp, description)
-        if changed:
-            return None, f"{path.name} was made with other {', '.join(changed)}"
-        return {"summary": stamp["summary"], "rows": stamp["rows"]}, ""
-
     def run(self) -> list[dict[str, Any]]:
         """Run every cell (reusing finished ones whose stamp matches), write every output; return the summary."""
         self.network.eval()
         descriptions = [self.description(cell) for cell in self.cells]  # before any cell draws random numbers
         results, reused = [], 0
         for i, (cell, description) in enumerate(zip(self.cells, descriptions)):
-            found, why = self._reuse(cell, description)
+            found, why = reusable(self._cell_file(cell), description, {"summary": dict, "rows": list}) \
+                if self.resume else (None, "")
             if found is None:
                 print(f"[segmentation attacks] {i + 1}/{len(self.cells)} {cell.label}"
                       + (f" (recomputing: {why})" if why else ""), flush=True)
@@ -268,7 +291,7 @@ class SegAttackGrid:
                  f"{int(summary[0]['samples'])} slices; Dice per region over the slices holding it (clean: "
                  + ", ".join(f"{r} {summary[0][f'clean_dice_{r}']:.3f}" for r in regions) + "). Success: "
                  "IoU(prediction, ground truth) <= 0.5 (untargeted) or IoU(prediction, target) >= 0.45 (targeted) "
-                 "on the first region; ROG: Dice under half the clean mean.", "",
+                 f"on {regions[0]}; ROG: {regions[0]} Dice under half its clean mean.", "",
                  markdown_table([s for s in summary if s["attack"] != "clean"], cols), ""]
         if medis_rows:
             lines += ["### MedIS: success rate and mean steps per surrogate loss", "",

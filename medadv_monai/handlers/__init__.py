@@ -15,7 +15,7 @@ from medadv_monai.handlers.checkpoint import (
 from medadv_monai.handlers.determinism import SeedEpochs
 from medadv_monai.handlers.image_grid import AttackImageGrid
 from medadv_monai.handlers.mask_writer import SubjectMaskWriter
-from medadv_monai.handlers.region_metrics import SubjectDice, region_channel, region_dice_metrics
+from medadv_monai.handlers.region_metrics import RegionMeanDice, SubjectDice, region_channel, region_dice_metrics
 from medadv_monai.handlers.sample_recorder import PerSampleRecorder
 from medadv_monai.handlers.slice_images import TumourSliceImages
 from medadv_monai.handlers.threshold import CalibrateThreshold
@@ -36,6 +36,7 @@ __all__ = [
     "MetricsJSONWriter",
     "NullSummaryWriter",
     "PerSampleRecorder",
+    "RegionMeanDice",
     "ResumeFromLatest",
     "RunLock",
     "SeedEpochs",

@@ -20,8 +20,9 @@ class SubjectMaskWriter:
     """Stack each subject's predicted region masks by slice index and write them when the engine completes.
 
     Per subject ``<output_dir>/<subject>_regions.nii.gz``: ``uint8`` of shape ``(H, W, Z, R)``, one volume per
-    region in channel order, at the model's slice size (``H, W``) with ``Z`` the subject's number of axial slices
-    (slices the data chain dropped as background are 0), identity affine; and ``predictions.csv`` with one row per
+    region in channel order, at the model's slice size (``H, W``), slice ``z`` at index ``z`` up to the last slice
+    the data chain kept (slices it dropped as background are 0; the volume ends at the last kept slice), identity
+    affine; and ``predictions.csv`` with one row per
     slice: ``subject``, ``slice_index`` and each region's predicted area in pixels. Files are written atomically.
     Reads a decollated engine's ``batch`` (``subject``, ``slice_index``) and ``output`` (hard ``pred`` masks).
 

@@ -1,10 +1,11 @@
 """Per-region Dice of a multi-label segmentation engine: per slice (one ``MeanDice`` per region channel) and per
 subject (:class:`SubjectDice`, the slices of a subject taken together as its volume, as BraTS reports Dice).
 
-MONAI's ``MeanDice`` averages over every channel it is given; a segmentation of the standard regions (WT, TC, ET,
-one sigmoid channel each, no background channel) reports each region on its own and their mean. Each metric
-averages over the samples whose ground truth holds the region (``ignore_empty=True``, MONAI's default): slices
-without it would otherwise count 1 for an empty prediction.
+MONAI's ``MeanDice`` first averages the channels present in each sample, then the samples, so slices holding only
+WT would weigh it most; a segmentation of the standard regions (WT, TC, ET, one sigmoid channel each, no background
+channel) reports each region on its own and their plain mean (:class:`RegionMeanDice`). Each region's Dice averages
+over the samples whose ground truth holds it (``ignore_empty=True``, MONAI's default): slices without it would
+otherwise count 1 for an empty prediction.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import MeanDice, from_engine
 
-__all__ = ["SubjectDice", "region_channel", "region_dice_metrics"]
+__all__ = ["RegionMeanDice", "SubjectDice", "region_channel", "region_dice_metrics"]
 
 
 def region_channel(index: int | None, keys: Sequence[str] = ("pred", "label")) -> Callable[[Any], tuple[list, list]]:
@@ -33,12 +34,28 @@ def region_channel(index: int | None, keys: Sequence[str] = ("pred", "label")) -
     return transform
 
 
+class RegionMeanDice(MeanDice):
+    """The mean over regions of each region's Dice, each over the samples whose ground truth holds it (regions no
+    sample holds are left out). A scalar, for a key metric; under ``torch.distributed`` over every rank's samples."""
+
+    def __init__(self, output_transform: Callable = lambda x: x, **kwargs: Any) -> None:
+        super().__init__(include_background=True, output_transform=output_transform, **kwargs)
+
+    def compute(self) -> float:
+        scores = torch.as_tensor(self.metric_fn.get_buffer()).float()  # (N, R), NaN where the region is absent
+        self._is_reduced = True
+        held = ~torch.isnan(scores)
+        per_region = torch.where(held, scores, torch.zeros_like(scores)).sum(0) / held.sum(0).clamp_min(1)
+        present = per_region[held.any(0)]
+        return float(present.mean()) if len(present) else float("nan")
+
+
 def region_dice_metrics(regions: Sequence[str], prefix: str = "val_") -> dict[str, MeanDice]:
     """``{<prefix>dice_<R>: MeanDice}`` for each region channel, in order (channel ``i`` is ``regions[i]``).
 
     Example:
         ``additional_metrics: "$medadv_monai.handlers.region_dice_metrics(@regions, 'val_')"`` in a bundle config,
-        with ``key_metric`` the mean over regions (``MeanDice(include_background=True)``).
+        with ``key_metric`` their mean (:class:`RegionMeanDice`).
     """
     return {f"{prefix}dice_{r}": MeanDice(include_background=True, output_transform=region_channel(i))
             for i, r in enumerate(regions)}

@@ -19,7 +19,8 @@ loss               per sample (``p``: probabilities, ``g``: target, reductions o
 ``bce_dice``       ``bce`` + ``dice`` (softmax: ``ce`` + ``dice``)
 ``lovasz``         Lovasz hinge on the logits (Berman et al. 2018), all channels and voxels of a sample as one
                    binary problem (sigmoid only)
-``combo``          :math:`\\sum_k w_k L_k` over the losses above (default: equal weights summing to 1)
+``combo``          :math:`\\sum_k w_k L_k` over the losses above (default: equal weights summing to 1; without
+                   ``lovasz`` for softmax)
 =================  =====================================================================================
 
 These are the MedIS surrogates (:func:`~medadv_monai.attacks.medis.medis`) and the survey's CE and Dice losses.
@@ -27,6 +28,7 @@ These are the MedIS surrogates (:func:`~medadv_monai.attacks.medis.medis`) and t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -104,13 +106,14 @@ class DenseLoss:
         if weights is not None and loss != "combo":
             raise MedAdvInputError(f"weights are for the 'combo' loss, got loss {loss!r}")
         if loss == "combo":
-            weights = dict(weights) if weights is not None else {k: 1.0 / len(_COMBINED) for k in _COMBINED}
-            if activation == "softmax":
-                weights = {k: w for k, w in weights.items() if k != "lovasz"}
-            bad = [k for k in weights if k not in _COMBINED]
-            if bad or not weights or any(not isinstance(w, (int, float)) or w < 0 for w in weights.values()):
-                raise MedAdvInputError(f"combo weights {dict(weights)}: expected non-negative numbers for some of "
-                                       f"{list(_COMBINED)}")
+            parts = [k for k in _COMBINED if activation == "sigmoid" or k != "lovasz"]
+            weights = dict(weights) if weights is not None else {k: 1.0 / len(parts) for k in parts}
+            bad = [k for k in weights if k not in parts]
+            numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+                          for w in weights.values())
+            if bad or not weights or not numbers or sum(weights.values()) <= 0:
+                raise MedAdvInputError(f"combo weights {dict(weights)}: expected finite non-negative numbers, not all "
+                                       f"0, for some of {parts}")
         self.loss, self.activation, self.weights = loss, activation, weights
 
     def __repr__(self) -> str:
@@ -126,7 +129,12 @@ class DenseLoss:
             if g.shape[2:] != logits.shape[2:] or g.shape[0] != logits.shape[0]:
                 raise MedAdvInputError(f"class map of shape {tuple(g.shape)} does not match logits "
                                        f"{tuple(logits.shape)}; expected (N, 1, *spatial)")
-            g = F.one_hot(g[:, 0].long(), logits.shape[1]).movedim(-1, 1)
+            k = logits.shape[1]
+            lo, hi = int(g.min()), int(g.max())
+            if lo < 0 or hi > k - 1:
+                raise MedAdvInputError(f"class map values must be class ids in [0, {k - 1}] for {k} logits, got "
+                                       f"[{lo}, {hi}]")
+            g = F.one_hot(g[:, 0].long(), k).movedim(-1, 1)
         if g.shape != logits.shape:
             raise MedAdvInputError(f"target mask of shape {tuple(g.shape)} does not match logits "
                                    f"{tuple(logits.shape)}; expected one channel per region (or, for softmax, a "

@@ -7,7 +7,7 @@ Per sample and region, on hard masks (a region is present where its logit is pos
 * A summary's region Dice is the mean over the samples whose ground truth holds the region (MONAI's default
   ``ignore_empty=True``): slices without the region would count 1 for an empty prediction and inflate the mean.
   Background is never a region.
-* Success of an attack on a sample (MedIS, judged on the whole-tumour channel, the first region):
+* Success of an attack on a sample (MedIS), judged on the first region channel (WT in the bundles' order):
   untargeted :math:`\\mathrm{IoU}(P, G) \\le 0.5`; targeted :math:`\\mathrm{IoU}(P, T) \\ge 0.45`.
 * ROG rule (untargeted): the adversarial Dice falls under half the clean mean Dice of the evaluated set.
 """
@@ -30,7 +30,8 @@ IOU_TARGETED = 0.45
 
 
 def hard_masks(logits: torch.Tensor) -> torch.Tensor:
-    """Hard region masks ``(N, R, *spatial)`` from multi-label logits: ``logit > 0``."""
+    """Hard region masks ``(N, R, *spatial)`` from multi-label logits: ``logit > 0`` (sigmoid over 0.5; the bundle's
+    postprocessing thresholds the sigmoid at 0.5 inclusive, which differs only at a logit of exactly 0)."""
     return (logits > 0).to(logits.dtype)
 
 

@@ -23,8 +23,8 @@ import torch
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.utils.io import save_json
 
-__all__ = ["changed_keys", "check_stamp", "describe", "file_digest", "fingerprint", "read_stamp", "settings_only",
-           "stamp_changes", "write_stamp"]
+__all__ = ["changed_keys", "check_stamp", "describe", "file_digest", "fingerprint", "read_stamp", "reusable",
+           "settings_only", "stamp_changes", "write_stamp"]
 
 _SKIP_ATTRS = {"R", "_open"}  # a transform's random state, LoadCachedSliced's open memory maps: not settings
 #: files up to this size are hashed whole; larger ones by size and their first and last chunk
@@ -117,6 +117,24 @@ def settings_only(description: Any) -> Any:
     if isinstance(description, list):
         return [settings_only(v) for v in description]
     return description
+
+
+def reusable(path: str | os.PathLike, description: Any, content: Mapping[str, type]) -> tuple[dict | None, str]:
+    """A stamped artefact that holds its own content (a finished grid cell): ``(its content, "")`` when the file's
+    stamp matches ``description`` and it holds each ``content`` key with the given type, else ``(None, why not)``
+    (``""`` when there is no file)."""
+    path = Path(path)
+    if not path.exists():
+        return None, ""
+    stamp = read_stamp(path)  # the file is its own stamp: read once
+    changed = stamp_changes(stamp, description)
+    if changed == ["<no stamp>"]:
+        return None, f"{path.name} is unreadable or unstamped"
+    if changed:
+        return None, f"{path.name} was made with other {', '.join(changed)}"
+    if not all(isinstance(stamp.get(k), t) for k, t in content.items()):
+        return None, f"{path.name} is unreadable"
+    return {k: stamp[k] for k in content}, ""
 
 
 def write_stamp(path: str | os.PathLike, description: Any, **content: Any) -> Path:

@@ -44,8 +44,8 @@ def _contours(ax: Any, masks: np.ndarray) -> None:
 
 
 def segmentation_overlays(output: Mapping[str, Any], path: str | os.PathLike, n: int = 4, title: str = "") -> Path:
-    """Rows of ``clean + ground truth | adversarial + clean prediction... | |difference| | adversarial prediction``
-    for the first ``n`` samples of an evaluator output (``image``, ``adv``, ``label``, ``clean_pred``, ``pred``).
+    """One row per sample (the first ``n`` of an evaluator output: ``image``, ``adv``, ``label``, ``clean_pred``,
+    ``pred``).
 
     Columns: the clean image (first channel) with the ground-truth region contours; the clean prediction; the
     adversarial image; :math:`|x' - x|` (largest difference white); the adversarial prediction. Contours: WT
