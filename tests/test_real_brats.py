@@ -1,4 +1,5 @@
-"""The classifier bundle on real BraTS 2018 cases (``../shared/data/real_brats18``; skipped where it is absent).
+"""The classifier and segmentation bundles on real BraTS 2018 cases (``../shared/data/real_brats18``; skipped
+where it is absent).
 
 Trained on 9 subjects (7 training, 2 validation for the model choice and the decision threshold) and scored on the
 other 4, with small slices and few epochs to keep the suite fast: the figures in the bundle's docs come from the
@@ -46,13 +47,13 @@ def test_trained_on_9_real_subjects_it_separates_tumour_slices_of_4_others(tmp_p
 
 
 def test_segmentation_learns_the_tumour_regions_of_real_cases(tmp_path):
-    """The segmentation bundle on the same split: the cached region masks of real labels are nested (ET in TC in WT)
-    and a short training segments the whole tumour of the 4 test subjects."""
+    """The segmentation bundle on the same split (T2 and FLAIR): the cached region masks of real labels are nested
+    (ET in TC in WT) and a short training segments the whole tumour of the 4 test subjects."""
     from tests.helpers import BUNDLES, CLASSIFIER_TRAIN
 
     bundle = bundle_copy(BUNDLES / "brats_tumour_segmentation", tmp_path / "brats_tumour_segmentation")
     settings = {"dataset_dir": str(REAL_BRATS), "work_dir": str(tmp_path / "work"), "split_fractions": SPLIT,
-                "modalities": ["flair"], "image_size": [32, 32], "data_config": str(CLASSIFIER_TRAIN)}
+                "modalities": ["t2", "flair"], "image_size": [32, 32], "data_config": str(CLASSIFIER_TRAIN)}
     wf = workflow(bundle, ["train.yaml"], "train", **settings, **{"train#trainer#max_epochs": 6})
     wf.initialize()
     cache, datalist = wf.parser.get_parsed_content("slice_cache"), wf.parser.get_parsed_content("datalist")
@@ -67,4 +68,5 @@ def test_segmentation_learns_the_tumour_regions_of_real_cases(tmp_path):
     ev.run()
     ev.finalize()
     metrics = json.loads((bundle / "eval" / "metrics.json").read_text())
-    assert metrics["test_subject_dice_WT"] > 0.5, metrics  # the docs give the default settings' figures
+    # 6 epochs at 32x32 measured 0.56 (an untrained model: about 0); the docs give the default settings' figures
+    assert metrics["test_subject_dice_WT"] > 0.45, metrics
