@@ -48,7 +48,7 @@ from medadv_monai.visualize.seg_figures import plot_dice_vs_eps, segmentation_ov
 
 __all__ = ["SegCell", "SegAttackGrid", "seg_cells"]
 
-SEG_CELL_FORMAT = 1
+SEG_CELL_FORMAT = 2  # raise when a cell file's layout or meaning changes (2: coverage and area columns)
 NO_TARGET = "none"
 
 
