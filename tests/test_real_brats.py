@@ -26,6 +26,17 @@ pytestmark = [pytest.mark.slow,
 SPLIT = [7 / 13, 2 / 13, 4 / 13]
 
 
+def _finish_and_evaluate(bundle: Path, train_wf, settings: dict) -> dict:
+    """Run an initialized training workflow, then the bundle's evaluate.yaml; return eval/metrics.json."""
+    train_wf.run()
+    train_wf.finalize()
+    ev = workflow(bundle, ["train.yaml", "evaluate.yaml"], "infer", **settings)
+    ev.initialize()
+    ev.run()
+    ev.finalize()
+    return json.loads((bundle / "eval" / "metrics.json").read_text())
+
+
 def test_trained_on_9_real_subjects_it_separates_tumour_slices_of_4_others(tmp_path):
     bundle = bundle_copy(CLASSIFIER_BUNDLE, tmp_path / "brats_slice_classifier")
     settings = {"dataset_dir": str(REAL_BRATS), "work_dir": str(tmp_path / "work"), "split_fractions": SPLIT,
@@ -35,13 +46,7 @@ def test_trained_on_9_real_subjects_it_separates_tumour_slices_of_4_others(tmp_p
     datalist = wf.parser.get_parsed_content("datalist")
     assert [len(datalist[s]) for s in ("training", "validation", "test")] == [7, 2, 4]
     assert {e["layout"] for e in datalist["test"]} == {"brats2021"}  # BraTS 2018 names: the 2017-2021 layout
-    wf.run()
-    wf.finalize()
-    ev = workflow(bundle, ["train.yaml", "evaluate.yaml"], "infer", **settings)
-    ev.initialize()
-    ev.run()
-    ev.finalize()
-    metrics = json.loads((bundle / "eval" / "metrics.json").read_text())
+    metrics = _finish_and_evaluate(bundle, wf, settings)
     assert metrics["test_auc"] > 0.8, metrics  # the docs give the default settings' 0.9x
     assert (metrics["test_sensitivity"] + metrics["test_specificity"]) / 2 > 0.7, metrics  # the stored threshold
 
@@ -58,15 +63,8 @@ def test_segmentation_learns_the_tumour_regions_of_real_cases(tmp_path):
     wf.initialize()
     cache, datalist = wf.parser.get_parsed_content("slice_cache"), wf.parser.get_parsed_content("datalist")
     for entry in cache.slices(datalist["test"])[::10]:
-        masks = wf.parser.get_parsed_content("load_slices")(entry)["label"]
-        wt, tc, et = masks
+        wt, tc, et = wf.parser.get_parsed_content("load_slices")(entry)["label"]
         assert bool((tc <= wt).all() and (et <= tc).all()), entry["subject"]
-    wf.run()
-    wf.finalize()
-    ev = workflow(bundle, ["train.yaml", "evaluate.yaml"], "infer", **settings)
-    ev.initialize()
-    ev.run()
-    ev.finalize()
-    metrics = json.loads((bundle / "eval" / "metrics.json").read_text())
+    metrics = _finish_and_evaluate(bundle, wf, settings)
     # 6 epochs at 32x32 measured 0.56 (an untrained model: about 0); the docs give the default settings' figures
     assert metrics["test_subject_dice_WT"] > 0.45, metrics
