@@ -30,7 +30,7 @@ from medadv_monai.bundle import BUNDLES_ENV, bundle_path, bundles_dir
 from medadv_monai.errors import MedAdvInputError
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLES = ("brats_slice_classifier", "brats_advgan", "brats_attack_eval")
+BUNDLES = ("brats_slice_classifier", "brats_advgan", "brats_attack_eval", "brats_tumour_segmentation")
 SHARE = Path("share") / "medadv-monai" / "bundles"
 # bundle outputs: must never be installed
 OUTPUT_DIRS = ("models", "work", "eval", "runs")

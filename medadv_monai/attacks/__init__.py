@@ -24,6 +24,7 @@ from medadv_monai.attacks.bim import bim
 from medadv_monai.attacks.cw import cw_l2
 from medadv_monai.attacks.fgsm import fgsm
 from medadv_monai.attacks.margin import as_two_logits, margin
+from medadv_monai.attacks.medis import MedISResult, medis
 from medadv_monai.attacks.mifgsm import mifgsm
 from medadv_monai.attacks.pgd import pgd
 from medadv_monai.attacks.registry import (
@@ -44,8 +45,6 @@ _LAZY = {
     "PrepareAttackBatch": "medadv_monai.attacks.inferer",
     "AdversarialPerturb": "medadv_monai.attacks.transforms",
     "AdversarialPerturbd": "medadv_monai.attacks.transforms",
-    "MedISResult": "medadv_monai.attacks.medis",
-    "medis": "medadv_monai.attacks.medis",
     "SegTargetd": "medadv_monai.attacks.seg_targets",
     "implant_bank": "medadv_monai.attacks.seg_targets",
 }
