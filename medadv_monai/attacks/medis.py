@@ -24,7 +24,7 @@ import torch
 from medadv_monai.attacks._core import LossFn, grad_context, prepare, step_project
 from medadv_monai.attacks.checks import check_alpha, check_steps
 from medadv_monai.errors import MedAdvInputError
-from medadv_monai.metrics.segmentation import hard_masks, region_scores, seg_success
+from medadv_monai.metrics.segmentation import hard_masks, region_iou, seg_success
 
 __all__ = ["MedISResult", "medis"]
 
@@ -140,7 +140,7 @@ def _run(setup: Any, y: torch.Tensor, alpha: float, steps: int, targeted: bool) 
         else:
             with torch.no_grad():
                 out = setup.objective.model(x_adv)
-        _, iou = region_scores(hard_masks(out.detach()), y)
+        iou = region_iou(hard_masks(out.detach()), y)  # the rule reads IoU only
         new = seg_success(iou, targeted) & (found < 0)
         found = torch.where(new, torch.full_like(found, t), found)
         if t == steps:

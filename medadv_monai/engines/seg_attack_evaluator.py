@@ -25,7 +25,7 @@ from medadv_monai.engines.grid_shards import seed_batch
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.losses.dense import MEDIS_LOSSES, DenseLoss, medis_losses
 from medadv_monai.metrics import perturbation_metrics
-from medadv_monai.metrics.segmentation import hard_masks, region_scores, seg_success
+from medadv_monai.metrics.segmentation import hard_masks, region_iou, region_scores, seg_success
 
 __all__ = ["DENSE_ATTACKS", "MEDIS_ARGS", "DenseAttack", "MedISAttack", "SegAttackEvaluator"]
 
@@ -176,7 +176,7 @@ class SegAttackEvaluator(SupervisedEvaluator):
             cols[f"clean_dice_{r}"], cols[f"adv_dice_{r}"] = clean_dice[:, i], adv_dice[:, i]
             cols[f"clean_iou_{r}"], cols[f"adv_iou_{r}"] = clean_iou[:, i], adv_iou[:, i]
         if target is not None:
-            _, target_iou = region_scores(hard_masks(adv), target)
+            target_iou = region_iou(hard_masks(adv), target)
             cols["target_iou"] = target_iou[:, 0]
             cols["success"] = seg_success(target_iou, True).long()
         else:

@@ -115,6 +115,7 @@ class DenseLoss:
                 raise MedAdvInputError(f"combo weights {dict(weights)}: expected finite non-negative numbers, not all "
                                        f"0, for some of {parts}")
         self.loss, self.activation, self.weights = loss, activation, weights
+        self._last: tuple[Any, torch.Tensor] | None = None  # (target object, checked target): one check per target
 
     def __repr__(self) -> str:
         extra = f", weights={self.weights}" if self.weights else ""
@@ -124,6 +125,15 @@ class DenseLoss:
         if not isinstance(logits, torch.Tensor) or logits.ndim not in (4, 5):
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise MedAdvInputError(f"a dense loss needs logits (N, C, *spatial) with 2 or 3 spatial dims, got {shape}")
+        last = self._last
+        if last is not None and last[0] is target and last[1].shape == logits.shape \
+                and last[1].dtype == logits.dtype and last[1].device == logits.device:
+            return last[1]  # an attack passes the same (unchanged) target every step: check and convert it once
+        g = self._check_target(logits, target)
+        self._last = (target, g)
+        return g
+
+    def _check_target(self, logits: torch.Tensor, target: Any) -> torch.Tensor:
         g = torch.as_tensor(target).to(device=logits.device)
         if self.activation == "softmax" and g.shape[1:2] == (1,) and logits.shape[1] > 1:
             if g.shape[2:] != logits.shape[2:] or g.shape[0] != logits.shape[0]:

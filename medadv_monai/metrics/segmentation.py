@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_iou
 
-__all__ = ["IOU_TARGETED", "IOU_UNTARGETED", "hard_masks", "region_scores", "seg_success", "summarize_regions"]
+__all__ = ["IOU_TARGETED", "IOU_UNTARGETED", "hard_masks", "region_iou", "region_scores", "seg_success",
+           "summarize_regions"]
 
 IOU_UNTARGETED = 0.5
 """Untargeted success: IoU(prediction, ground truth) at most this (MedIS)."""
@@ -43,9 +44,12 @@ def region_scores(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tenso
         target: hard masks of the same shape.
     """
     pred, target = pred.float(), target.float()
-    dice = compute_dice(pred, target, include_background=True, ignore_empty=False)
-    iou = compute_iou(pred, target, include_background=True, ignore_empty=False)
-    return dice, iou
+    return compute_dice(pred, target, include_background=True, ignore_empty=False), region_iou(pred, target)
+
+
+def region_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU per sample and region ``(N, R)`` of hard masks, 1 where both are empty (what the success rules read)."""
+    return compute_iou(pred.float(), target.float(), include_background=True, ignore_empty=False)
 
 
 def seg_success(iou: torch.Tensor, targeted: bool) -> torch.Tensor:
