@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from medadv_monai.handlers import REGION_THRESHOLD_GRID
 from tests.helpers import BUNDLES, CLASSIFIER_TRAIN, bundle_cmd, bundle_copy, copy_subjects, run, run_cli, workflow
 
 pytestmark = pytest.mark.slow
@@ -41,6 +42,13 @@ def test_training_writes_model_region_metrics_and_tensorboard(trained):
     for key in ("val_mean_dice", *[f"val_dice_{r}" for r in REGIONS]):
         assert 0.0 <= val[key] <= 1.0, key
     assert list(models.glob("runs/*/events.out.tfevents.*"))
+    # region thresholds chosen on validation, saved with the weights
+    thresholds = torch.load(models / "model.pt", weights_only=True)["model"]["region_thresholds"]
+    for r, t in zip(REGIONS, thresholds.tolist()):
+        if f"val_threshold_{r}" in val:  # a region with validation foreground
+            assert val[f"val_threshold_{r}"] in REGION_THRESHOLD_GRID
+            assert t == pytest.approx(float(torch.logit(torch.tensor(val[f"val_threshold_{r}"]))), abs=1e-5)
+    assert "val_threshold_WT" in val
     meta = json.loads((models / "metadata.json").read_text())
     assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [32, 32]
 

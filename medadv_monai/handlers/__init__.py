@@ -18,7 +18,7 @@ from medadv_monai.handlers.mask_writer import SubjectMaskWriter
 from medadv_monai.handlers.region_metrics import RegionMeanDice, SubjectDice, region_channel, region_dice_metrics
 from medadv_monai.handlers.sample_recorder import PerSampleRecorder
 from medadv_monai.handlers.slice_images import TumourSliceImages
-from medadv_monai.handlers.threshold import CalibrateThreshold
+from medadv_monai.handlers.threshold import REGION_THRESHOLD_GRID, CalibrateRegionThresholds, CalibrateThreshold
 from medadv_monai.handlers.transfer import (
     SliceModel,
     TransferScorer,
@@ -29,9 +29,11 @@ from medadv_monai.handlers.transfer import (
 from medadv_monai.handlers.writers import MetricsJSONWriter, NullSummaryWriter, SlicePredictionWriter, prediction_rows
 
 __all__ = [
+    "REGION_THRESHOLD_GRID",
     "AtomicCheckpointSaver",
     "AttackImageGrid",
     "AttackSummary",
+    "CalibrateRegionThresholds",
     "CalibrateThreshold",
     "MetricsJSONWriter",
     "NullSummaryWriter",

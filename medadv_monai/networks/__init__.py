@@ -1,5 +1,6 @@
-"""Networks: the slice classifier, the AdvGAN generator and discriminator, loading them safely, and the settings
-a trained classifier was made with, and sliding-window inference as a model (3D segmentation under attack)."""
+"""Networks: the slice classifier, the AdvGAN generator and discriminator, loading them safely, the settings a
+trained classifier was made with, sliding-window inference as a model (3D segmentation under attack), and a
+segmenter that carries its region thresholds."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from medadv_monai.networks.classifier import SliceClassifier
 from medadv_monai.networks.io import freeze, load_checkpoint, load_frozen, load_weights
 from medadv_monai.networks.model_settings import ModelSettings, classifier_config, recorded_settings, recorded_training
 from medadv_monai.networks.sliding_window import SlidingWindowModel
+from medadv_monai.networks.thresholded import ThresholdedNetwork
 
 __all__ = [
     "AdvGANGenerator",
@@ -17,6 +19,7 @@ __all__ = [
     "PatchDiscriminator",
     "SliceClassifier",
     "SlidingWindowModel",
+    "ThresholdedNetwork",
     "classifier_config",
     "freeze",
     "load_checkpoint",
