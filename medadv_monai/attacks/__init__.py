@@ -4,10 +4,14 @@ Attacks (one small module each, all thin loops over :mod:`medadv_monai.attacks._
 :func:`fgsm`, :func:`bim`, :func:`pgd` (CE or the margin loss), :func:`mifgsm`, :func:`apgd` (auto-PGD, CE or
 DLR loss), :func:`cw_l2` (Carlini-Wagner L2), :func:`square` (score-based, no gradients), :func:`autoattack` (an
 AutoAttack-style ensemble of them; :func:`run_autoattack` adds the robust accuracy after each member),
-:func:`advgan` (a trained generator, one pass) and, for segmentation, :func:`medis` (MedIS loss fusion). Every
+:func:`advgan` (a trained generator, one pass), the MRI-physics attacks :func:`bias_field` (AdvBias, a smooth
+multiplicative field) and :func:`kspace` (a k-space change) with their random baselines of the same eps
+(:func:`random_bias_field`, :func:`random_kspace`; as grid rows ``random_bias_field`` and ``random_kspace``) and, for
+segmentation, :func:`medis` (MedIS loss fusion). Every
 gradient attack above attacks a segmentation model with a :class:`~medadv_monai.losses.DenseLoss` as ``loss_fn``
 (towards the target masks of :class:`SegTargetd` when targeted). Look them up by name with :func:`get_attack`,
-run them with the default budget via :func:`run_attack`, and read their cost with :func:`attack_cost`. MONAI
+run them with the default budget via :func:`run_attack`, and read their cost with :func:`attack_cost` and the kind
+of their eps with :func:`budget_name` (``linf``, ``field`` or ``kspace``). MONAI
 integration: :class:`AdversarialPerturb`, :class:`AdversarialPerturbd` (transforms), :class:`AdversarialInferer` and
 :class:`PrepareAttackBatch` (engines). The benchmarks live in :mod:`medadv_monai.bench`.
 """
@@ -20,9 +24,11 @@ from typing import Any
 from medadv_monai.attacks.advgan import advgan, advgan_delta, apply_delta
 from medadv_monai.attacks.apgd import apgd
 from medadv_monai.attacks.autoattack import AutoAttackResult, autoattack, run_autoattack
+from medadv_monai.attacks.bias_field import bias_field, field_range, random_bias_field
 from medadv_monai.attacks.bim import bim
 from medadv_monai.attacks.cw import cw_l2
 from medadv_monai.attacks.fgsm import fgsm
+from medadv_monai.attacks.kspace import kspace, kspace_support, random_kspace, relative_kspace_energy
 from medadv_monai.attacks.margin import as_two_logits, margin
 from medadv_monai.attacks.medis import MedISResult, medis
 from medadv_monai.attacks.mifgsm import mifgsm
@@ -32,9 +38,11 @@ from medadv_monai.attacks.registry import (
     attack_cost,
     attack_kwargs,
     available_attacks,
+    budget_name,
     default_alpha,
     display_name,
     get_attack,
+    is_random_baseline,
     run_attack,
 )
 from medadv_monai.attacks.square import square
@@ -67,17 +75,26 @@ __all__ = [
     "attack_kwargs",
     "autoattack",
     "available_attacks",
+    "bias_field",
     "bim",
+    "budget_name",
     "cw_l2",
     "default_alpha",
     "display_name",
     "fgsm",
+    "field_range",
     "get_attack",
     "implant_bank",
+    "is_random_baseline",
+    "kspace",
+    "kspace_support",
     "margin",
     "medis",
     "mifgsm",
     "pgd",
+    "random_bias_field",
+    "random_kspace",
+    "relative_kspace_energy",
     "run_attack",
     "run_autoattack",
     "square",

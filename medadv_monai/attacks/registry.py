@@ -1,8 +1,16 @@
-"""Attack lookup by name, a one-call runner with the project's default budget, and each attack's cost.
+r"""Attack lookup by name, a one-call runner with the project's default budget, and each attack's cost.
 
 Defaults, filled in only for the parameters an attack takes and has no default of its own: ``eps = 8/255``,
 ``alpha = max(eps / 4, 1/255)`` (element-wise for a per-sample ``eps``), ``steps = 10``. (APGD, CW-L2 and the
-AutoAttack-style ensemble keep their published iteration counts unless given ``steps``.)
+AutoAttack-style ensemble keep their published iteration counts unless given ``steps``; the MRI-physics attacks
+have their own eps defaults: a bias field 0.3, k-space 0.05.)
+
+Each attack's eps is a budget of one kind, :func:`budget_name`: ``linf`` (:math:`\lVert x' - x \rVert_\infty \le
+\epsilon`, every gradient-sign attack, CW-L2 capped, Square, AdvGAN), ``field`` (a multiplicative bias field in
+:math:`[1 - \epsilon, 1 + \epsilon]`: ``bias_field`` and ``random_bias_field``) or ``kspace`` (a k-space change of
+L2 norm at most :math:`\epsilon \lVert \mathcal{F}(x) \rVert_2`: ``kspace`` and ``random_kspace``). Budgets of
+different kinds are not comparable. ``random_bias_field`` and ``random_kspace`` are random draws of the same family
+and eps (:mod:`~medadv_monai.attacks.physics_baselines`; :data:`RANDOM_BASELINES`), untargeted only.
 """
 
 from __future__ import annotations
@@ -15,17 +23,22 @@ import torch
 from medadv_monai.attacks.advgan import advgan
 from medadv_monai.attacks.apgd import apgd
 from medadv_monai.attacks.autoattack import autoattack
+from medadv_monai.attacks.bias_field import bias_field
 from medadv_monai.attacks.bim import bim
 from medadv_monai.attacks.cw import cw_l2
 from medadv_monai.attacks.fgsm import fgsm
+from medadv_monai.attacks.kspace import kspace
 from medadv_monai.attacks.mifgsm import mifgsm
 from medadv_monai.attacks.pgd import pgd
+from medadv_monai.attacks.physics_baselines import random_bias_field_attack, random_kspace_attack
 from medadv_monai.attacks.square import square
 from medadv_monai.errors import MedAdvInputError
 
 __all__ = [
     "ATTACKS",
+    "BUDGETS",
     "DEFAULT_EPS",
+    "RANDOM_BASELINES",
     "DEFAULT_STEPS",
     "available_attacks",
     "default_alpha",
@@ -33,21 +46,35 @@ __all__ = [
     "get_attack",
     "attack_kwargs",
     "attack_cost",
+    "budget_name",
+    "is_random_baseline",
+    "random_baseline",
     "run_attack",
 ]
 
 AttackFn = Callable[..., torch.Tensor]
 
 ATTACKS: Mapping[str, AttackFn] = {"fgsm": fgsm, "bim": bim, "pgd": pgd, "mifgsm": mifgsm, "apgd": apgd,
-                                   "cwl2": cw_l2, "square": square, "autoattack": autoattack, "advgan": advgan}
-"""Canonical name -> attack function."""
+                                   "cwl2": cw_l2, "square": square, "autoattack": autoattack, "advgan": advgan,
+                                   "biasfield": bias_field, "kspace": kspace,
+                                   "randombiasfield": random_bias_field_attack, "randomkspace": random_kspace_attack}
+"""Canonical name -> attack function (canonical names have no ``-`` or ``_``: ``bias_field`` is ``biasfield``)."""
 
-_ALIASES = {"ifgsm": "bim", "mi": "mifgsm", "mim": "mifgsm", "carliniwagner": "cwl2", "aa": "autoattack"}
+_ALIASES = {"ifgsm": "bim", "mi": "mifgsm", "mim": "mifgsm", "carliniwagner": "cwl2", "aa": "autoattack",
+            "advbias": "biasfield", "kspaceattack": "kspace"}
 
 DISPLAY_NAMES: Mapping[str, str] = {"fgsm": "FGSM", "bim": "BIM", "pgd": "PGD", "mifgsm": "MI-FGSM", "apgd": "APGD",
                                     "cwl2": "CW-L2", "square": "Square", "autoattack": "AutoAttack-style",
-                                    "advgan": "AdvGAN"}
+                                    "advgan": "AdvGAN", "biasfield": "Bias field", "kspace": "k-space",
+                                    "randombiasfield": "Random bias field", "randomkspace": "Random k-space"}
 """Canonical name -> the name tables, plots and reports show."""
+
+BUDGETS: Mapping[str, str] = {"biasfield": "field", "randombiasfield": "field", "kspace": "kspace",
+                              "randomkspace": "kspace"}
+"""Canonical name -> the kind of its eps where it is not ``linf`` (:func:`budget_name`)."""
+
+RANDOM_BASELINES: Mapping[str, str] = {"biasfield": "randombiasfield", "kspace": "randomkspace"}
+"""Canonical name of an attack -> its random baseline: a random draw of the same family and eps (untargeted only)."""
 
 DEFAULT_EPS = 8 / 255
 DEFAULT_STEPS = 10
@@ -120,7 +147,7 @@ def attack_kwargs(name: str, **kwargs: Any) -> dict[str, Any]:
 
 
 def _cost_of(key: str, kw: Mapping[str, Any]) -> tuple[int, int]:
-    if key in ("bim", "pgd", "mifgsm"):
+    if key in ("bim", "pgd", "mifgsm", "biasfield", "kspace"):
         return int(kw["steps"]), 0
     if key == "apgd":
         return int(kw["steps"]) + 1, 0
@@ -130,17 +157,18 @@ def _cost_of(key: str, kw: Mapping[str, Any]) -> tuple[int, int]:
         return 0, int(kw["queries"])
     if key == "autoattack":  # APGD-CE, then up to n_targets APGD-T runs (only for models with >= 4 classes)
         return (int(kw["steps"]) + 1) * (1 + int(kw["n_targets"])), int(kw["queries"])
-    return (1 if key == "fgsm" else 0), 0  # FGSM: one gradient; AdvGAN: one generator pass
+    return (1 if key == "fgsm" else 0), 0  # FGSM: one gradient; AdvGAN: one generator pass; random baselines: none
 
 
 def attack_cost(name: str, **kwargs: Any) -> dict[str, int]:
     """The budget of model evaluations an attack may spend per sample with ``kwargs`` (the attack's own defaults
-    for the rest), an upper bound: ``grad_evals``, forward and backward passes (FGSM 1, BIM/PGD/MI-FGSM ``steps``,
+    for the rest), an upper bound: ``grad_evals``, forward and backward passes (FGSM 1, BIM/PGD/MI-FGSM, the bias
+    field and k-space ``steps``,
     APGD ``steps + 1``, CW-L2 ``steps * binary_steps``, the AutoAttack-style ensemble its APGD-CE run and
     ``n_targets`` APGD-T runs, which happen only for models with 4 or more classes), and ``queries``, forward passes
     alone (Square, and the ensemble's Square). The one forward pass per attack (or ensemble member) that checks the
     clean or final decision is not counted. Samples that stop early on success (Square, ``early_stop``, the
-    ensemble's later members) spend less.
+    ensemble's later members) spend less. AdvGAN and the random baselines of the physics attacks cost 0.
     """
     key = _canonical(name)
     params = inspect.signature(ATTACKS[key]).parameters
@@ -148,6 +176,36 @@ def attack_cost(name: str, **kwargs: Any) -> dict[str, int]:
     kw.update(attack_kwargs(key, **kwargs))
     grads, queries = _cost_of(key, kw)
     return {"grad_evals": grads, "queries": queries}
+
+
+def budget_name(name: str) -> str:
+    """The kind of attack ``name``'s eps (module docstring): ``"linf"``, ``"field"`` (``bias_field``,
+    ``random_bias_field``) or ``"kspace"`` (``kspace``, ``random_kspace``).
+
+    Raises:
+        MedAdvInputError: for an unknown name.
+    """
+    return BUDGETS.get(_canonical(name), "linf")
+
+
+def is_random_baseline(name: str) -> bool:
+    """Whether attack ``name`` is a random draw (``random_bias_field``, ``random_kspace``; :data:`RANDOM_BASELINES`),
+    which takes no target.
+
+    Raises:
+        MedAdvInputError: for an unknown name.
+    """
+    return _canonical(name) in RANDOM_BASELINES.values()
+
+
+def random_baseline(name: str) -> str | None:
+    """The canonical name of attack ``name``'s random baseline (``bias_field`` -> ``randombiasfield``,
+    ``kspace`` -> ``randomkspace``; :data:`RANDOM_BASELINES`), ``None`` for an attack without one.
+
+    Raises:
+        MedAdvInputError: for an unknown name.
+    """
+    return RANDOM_BASELINES.get(_canonical(name))
 
 
 def run_attack(name: str, model: Callable[[torch.Tensor], Any], x: torch.Tensor, y: Any, **kwargs: Any) -> torch.Tensor:

@@ -6,7 +6,9 @@ Outputs in ``output_dir``:
 - ``per_sample.csv``: one row per cell and slice (outcomes and perturbation metrics);
 - ``summary.json`` / ``summary.csv``: one row per cell (clean and robust accuracy, ASR, mean metrics);
 - ``coverage.csv``: ASR by coverage bin for every attacked cell with a mask;
-- ``figures/``: robust accuracy against eps, ASR against coverage, image grids, Grad-CAM;
+- ``figures/``: robust accuracy against eps, ASR against coverage, image grids, Grad-CAM; for MRI-physics cells
+  (:func:`~medadv_monai.attacks.budget_name` not ``linf``) robust accuracy against their own eps beside their random
+  baselines (``physics_robust_accuracy.png``) and the realised fields (``fields_<cell>.png``);
 - ``report.md`` and ``report.html``; ``cells/<cell>.json``: each finished cell, so an interrupted run resumes.
 
 A cell file is stamped (:mod:`medadv_monai.utils.fingerprint`) with what made it: the cell, the classifier (digests
@@ -27,7 +29,6 @@ single-process run), so the outputs are those of a single process. Rank 0 alone 
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
@@ -40,9 +41,10 @@ import torch
 from monai.data import DataLoader, Dataset
 from monai.transforms import Compose
 
-from medadv_monai.attacks import display_name
+from medadv_monai.attacks import display_name, is_random_baseline
 from medadv_monai.engines.attack_evaluator import AttackEvaluator
 from medadv_monai.engines.grid_cells import CLEAN, AttackCell
+from medadv_monai.engines.grid_report import cell_line, eps_text, is_physics, physics_section, rank_masks, summary_table
 from medadv_monai.engines.grid_shards import SliceSeeded, batch_indices, derived_seed, gather_rows, shard
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.handlers import AttackImageGrid, PerSampleRecorder, TransferScorer, model_description
@@ -65,8 +67,9 @@ from medadv_monai.visualize import (
     attack_examples,
     eps_table,
     gradcam_figure,
-    markdown_table,
+    physics_examples,
     plot_asr_by_coverage,
+    plot_physics_accuracy,
     plot_ranking,
     plot_robust_accuracy,
     write_html,
@@ -75,7 +78,8 @@ from medadv_monai.visualize import (
 __all__ = ["DEFAULT_COVERAGE_EDGES", "AttackGridRunner", "summarize_rows"]
 
 DEFAULT_COVERAGE_EDGES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
-CELL_FORMAT = 3  # raise when a cell file's layout or meaning changes: older cells are then recomputed
+CELL_FORMAT = 4  # raise when a cell file's layout or meaning changes: older cells are then recomputed (4: budget,
+# kspace_energy, field_lo, field_hi)
 
 
 class AttackGridRunner:
@@ -156,7 +160,7 @@ class AttackGridRunner:
         if self.transfer_targets and any(c.targeted for c in self.cells):
             raise MedAdvInputError("transfer targets score untargeted attacks only (a target of another task has "
                                    "other classes to aim at); set targeted: [false]")
-        self.figures: dict[str, list[Path]] = {"grids": []}
+        self.figures: dict[str, list[Path]] = {"grids": [], "fields": []}
 
     # ------------------------------------------------------------------------------------------ running
     def batches(self) -> list[list[int]]:
@@ -202,7 +206,7 @@ class AttackGridRunner:
         grid (of batch 0, which is rank 0's)."""
         main, mine = is_main(), shard(len(self.batches()))
         recorder = PerSampleRecorder(columns=cell.row())
-        grid = AttackImageGrid(max_samples=self.image_samples, eps=cell.eps)
+        grid = AttackImageGrid(max_samples=self.image_samples, eps=cell.eps if cell.budget == "linf" else None)
         handlers = [TransferScorer(self.transfer_targets)] if self._transfers(cell) else []  # before the recorder
         handlers += [recorder, grid] if main else [recorder]
         if mine:  # a rank can have none (more ranks than batches)
@@ -223,8 +227,8 @@ class AttackGridRunner:
     def _cell_file(self, cell: AttackCell) -> Path:
         return self.output_dir / "cells" / f"{cell.label}.json"
 
-    def _grid_file(self, cell: AttackCell) -> Path:
-        return self.output_dir / "figures" / f"grid_{cell.label}.png"
+    def _grid_file(self, cell: AttackCell, kind: str = "grid") -> Path:
+        return self.output_dir / "figures" / f"{kind}_{cell.label}.png"
 
     def _wants_grid(self, cell: AttackCell) -> bool:
         if cell.attack == CLEAN:
@@ -238,9 +242,10 @@ class AttackGridRunner:
         if self.summary_writer is None or cell.attack == CLEAN:
             return
         tag = f"{cell.mask}/{cell.name}" + ("_targeted" if cell.targeted else "")
+        step = int(round(cell.eps * (255 if cell.budget == "linf" else 1000)))  # a physics eps in thousandths
         for key in ("robust_acc", "asr", "targeted_success", "mean_ssim"):
             if isinstance(summary.get(key), (int, float)) and not math.isnan(summary[key]):
-                self.summary_writer.add_scalar(f"{key}/{tag}", summary[key], int(round(cell.eps * 255)))
+                self.summary_writer.add_scalar(f"{key}/{tag}", summary[key], step)
 
     def _log(self, cell: AttackCell, summary: Mapping[str, Any], grid: AttackImageGrid) -> None:
         if grid.grid is None or cell.attack == CLEAN:
@@ -249,10 +254,14 @@ class AttackGridRunner:
         if self.summary_writer is not None:
             self.summary_writer.add_image(f"grid/{cell.label}", grid.grid, 0, dataformats="HW")
         if self._wants_grid(cell):
-            title = f"{display_name(cell.name)}{' targeted' if cell.targeted else ''}, eps {cell.eps * 255:.4g}/255, " \
-                    f"mask {cell.mask}"
-            self.figures["grids"].append(attack_examples(grid.samples, self._grid_file(cell), eps=cell.eps,
-                                                         title=title))
+            title = f"{display_name(cell.name)}{' targeted' if cell.targeted else ''}, " \
+                    f"{eps_text(cell.budget, cell.eps)}, mask {cell.mask}"
+            physics = cell.budget != "linf"
+            self.figures["grids"].append(attack_examples(grid.samples, self._grid_file(cell),
+                                                         eps=None if physics else cell.eps, title=title))
+            if physics:
+                self.figures["fields"].append(physics_examples(grid.samples, self._grid_file(cell, "fields"),
+                                                               cell.budget, cell.eps, title=title))
 
     def _reuse(self, cell: AttackCell, description: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
         """The finished cell if its file's stamp matches ``description``, else ``None`` and why not."""
@@ -275,9 +284,10 @@ class AttackGridRunner:
                 results.append(found[i][0] if main else {"summary": reused_summaries[i], "rows": []})
                 if main:
                     self._log_scalars(cell, reused_summaries[i])  # this run's TensorBoard shows every cell
-                    grid = self._grid_file(cell)
-                    if self._wants_grid(cell) and grid.is_file():
-                        self.figures["grids"].append(grid)
+                    for kind, prefix in (("grids", "grid"), ("fields", "fields")):  # the report shows those kept
+                        fig = self._grid_file(cell, prefix)
+                        if self._wants_grid(cell) and fig.is_file():
+                            self.figures[kind].append(fig)
                 continue
             if main and found[i][1]:
                 print(f"[attack grid] {i + 1}/{len(self.cells)} {cell.label} (recomputing: {found[i][1]})", flush=True)
@@ -285,7 +295,7 @@ class AttackGridRunner:
             result = self.run_cell(cell, descriptions.get(cell.label))
             results.append(result if main else {"summary": result["summary"], "rows": []})  # rows: rank 0's
             if main:
-                print(f"[attack grid] {i + 1}/{len(self.cells)} {_cell_line(result['summary'])} "
+                print(f"[attack grid] {i + 1}/{len(self.cells)} {cell_line(result['summary'])} "
                       f"({time.perf_counter() - start:.1f} s)", flush=True)
         reused = sum(s is not None for s in reused_summaries)
         if main and reused:
@@ -317,21 +327,28 @@ class AttackGridRunner:
         coverage = self.coverage_table(rows)
         save_csv(coverage, out / "coverage.csv")
         figures: dict[str, Path | None] = {}
-        if len({c.eps for c in self.cells if c.attack != CLEAN}) > 1:
-            figures["robust_accuracy"] = plot_robust_accuracy(summary, out / "figures" / "robust_accuracy.png")
+        linf = [s for s in summary if not is_physics(s)]  # a physics eps is not on the 1/255 axis: its own plot
+        if len({c.eps for c in self.cells if c.budget == "linf"}) > 1:
+            figures["robust_accuracy"] = plot_robust_accuracy(linf, out / "figures" / "robust_accuracy.png")
+        if any(is_physics(s) and not s["targeted"] for s in summary):
+            baselines = {c.name for c in self.cells if c.attack != CLEAN and is_random_baseline(c.attack)}
+            figures["physics_robust_accuracy"] = plot_physics_accuracy(
+                summary, out / "figures" / "physics_robust_accuracy.png", random_rows=baselines)
         curves: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for cell in self.cells:
             if cell.attack != CLEAN and cell.mask != "none" and self._wants_grid(cell):
-                series = f"{display_name(cell.name)} eps {cell.eps * 255:.4g}" + (" targeted" if cell.targeted else "")
+                series = f"{display_name(cell.name)} {eps_text(cell.budget, cell.eps)}" + (
+                    " targeted" if cell.targeted else "")
                 curves.setdefault(f"mask: {cell.mask}", {})[series] = [c for c in coverage if c["cell"] == cell.label]
         ranking = None
         if self.rank_masks:
             ranking, pooled = self.ranking(summary, rows)
             save_csv(ranking, out / "ranking.csv")
             save_csv(pooled, out / "coverage_pooled.csv")
-            curves = {"all masks pooled": {f"{display_name(r['attack'])} eps {r['eps_255']:g}": [
+            text = lambda r: eps_text(r.get("budget", "linf"), r["eps"])  # noqa: E731
+            curves = {"all masks pooled": {f"{display_name(r['attack'])} {text(r)}": [
                 p for p in pooled if p["attack"] == r["attack"] and p["eps_255"] == r["eps_255"]] for r in ranking}}
-            labels = [f"{r['mask']} ({display_name(r['attack'])} eps{r['eps_255']:g})" for r in ranking]
+            labels = [f"{r['mask']} ({display_name(r['attack'])} {text(r)})" for r in ranking]
             figures["mask_ranking"] = plot_ranking(labels, [r["asr"] for r in ranking],
                                                    out / "figures" / "mask_ranking.png")
         figures["asr_by_coverage"] = plot_asr_by_coverage(curves, out / "figures" / "asr_by_coverage.png")
@@ -341,31 +358,16 @@ class AttackGridRunner:
 
     def ranking(self, summary: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]
                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Attacked cells ranked by ASR (best first), and ASR by coverage pooled over every mask of each
-        attack and budget."""
-        attacked = [s for s in summary if s["attack"] != CLEAN]
-        ranking = sorted(attacked, key=lambda s: (-_nan_last(s.get("asr", s.get("targeted_success"))), s["cell"]))
-        keys = ("cell", "attack", "eps_255", "mask", "targeted", "n_asr", "asr", "asr_lo", "asr_hi", "n_targeted",
-                "targeted_success", "targeted_success_lo", "targeted_success_hi", "robust_acc", "mean_coverage",
-                "mean_area", "mean_ssim")
-        ranking = [{"rank": i + 1, **{k: s[k] for k in keys if k in s}} for i, s in enumerate(ranking)]
-        pooled = []
-        key = lambda r: (r["attack"], r["eps_255"], r["targeted"])  # noqa: E731
-        for (attack, eps, targeted), group in itertools.groupby(sorted((r for r in rows if r["attack"] != CLEAN),
-                                                                       key=key), key=key):
-            group = list(group)
-            bins = coverage_bins([r["coverage"] for r in group], [r["success"] for r in group],
-                                 [r["clean_correct"] and r["attackable"] for r in group], self.coverage_edges)
-            pooled += [{"attack": attack, "eps_255": eps, "targeted": targeted, **b} for b in bins]
-        return ranking, pooled
+        """:func:`~medadv_monai.engines.grid_report.rank_masks` with this grid's coverage edges."""
+        return rank_masks(summary, rows, self.coverage_edges)
 
     def gradcam(self, path: Path) -> Path | None:
         """Grad-CAM of clean and adversarial versions of a few tumour slices, under the strongest untargeted
-        attack without mask (or the first attacked cell)."""
+        attack without mask, L-inf before an MRI-physics one (or the first attacked cell)."""
         attacked = [c for c in self.cells if c.attack != CLEAN and not c.targeted]
         if not attacked:
             return None
-        cell = max(attacked, key=lambda c: (c.mask == "none", c.eps, c.name == "pgd"))
+        cell = max(attacked, key=lambda c: (c.mask == "none", c.budget == "linf", c.eps, c.name == "pgd"))
         batch = next(iter(self.loader(cell.mask, [0])))
         pos = torch.nonzero(batch["label"].reshape(-1) > 0).reshape(-1)[: self.image_samples]
         order = pos if len(pos) else torch.arange(min(self.image_samples, len(batch["label"])))
@@ -389,27 +391,36 @@ class AttackGridRunner:
                  f"{len(self.dataset)} slices{f' of the {self.split} split' if self.split else ''}, {len(summary)} "
                  "grid cells. Rates are given with their 95% Wilson interval in brackets; `n` counts the slices "
                  "(clean and robust accuracy), `n_asr` the clean-correct attackable slices (non-empty mask) that ASR "
-                 "divides by; `asr_all` divides by every clean-correct slice. eps in units of 1/255.", "",
-                 markdown_table(summary, cols), ""]
-        if len({s["eps_255"] for s in summary if s["attack"] != CLEAN}) > 1:
+                 "divides by; `asr_all` divides by every clean-correct slice. L-inf eps in units of 1/255; the eps of "
+                 "an MRI-physics attack (bias field, k-space) as it is, with its budget.", "",
+                 summary_table(summary, cols), ""]
+        linf = [s for s in summary if not is_physics(s)]
+        if len({s["eps_255"] for s in linf if s["attack"] != CLEAN}) > 1:
             lines += ["## Robust accuracy by attack and eps", "",
                       "Untargeted cells; `grad evals` and `queries` are each attack's budget of model evaluations per "
                       "slice at the largest eps (forward and backward passes; forward passes alone), an upper bound "
                       "(`medadv_monai.attacks.attack_cost`). "
                       "AutoAttack-style is this project's ensemble (APGD-CE, APGD-T for 4 or more classes, then "
                       "Square, each on the slices still robust), not the standard AutoAttack.", "",
-                      eps_table(summary), ""]
+                      eps_table(linf), ""]
+        lines += physics_section(summary, self.cells)
         if ranking:
             lines += ["## Masks ranked by attack success", "",
-                      markdown_table(ranking, ["rank", "mask", "attack", "eps_255", "n_asr", "asr", "mean_coverage",
-                                               "mean_area", "mean_ssim"]), ""]
+                      summary_table(ranking, ["rank", "mask", "attack", "eps_255", "n_asr", "asr", "mean_coverage",
+                                              "mean_area", "mean_ssim"]), ""]
         for name, title in (("mask_ranking", "Ranking"), ("robust_accuracy", "Robust accuracy against eps"),
+                            ("physics_robust_accuracy", "MRI-physics attacks: robust accuracy against their eps "
+                             "(random baselines dashed)"),
                             ("asr_by_coverage", "ASR against tumour coverage"), ("gradcam", "Grad-CAM")):
             if figures.get(name):
                 lines += [f"## {title}", "", f"![{name}]({rel(figures[name])})", ""]
         if self.figures["grids"]:
             lines += ["## Examples (clean | adversarial | |difference|/eps | mask)", ""]
             lines += [f"![grid]({rel(p)})" for p in self.figures["grids"]] + [""]
+        if self.figures["fields"]:
+            lines += ["## MRI-physics changes (clean | adversarial | field x'/x or log10 |k-space change| | "
+                      "|difference|)", ""]
+            lines += [f"![fields]({rel(p)})" for p in self.figures["fields"]] + [""]
         ckpt, checkpoint = self.classifier_ckpt, "given as a network"
         if ckpt and Path(ckpt).is_file():
             checkpoint = f"{portable_path(ckpt, self.output_dir)} (sha256 {file_digest(ckpt).split(':')[-1][:16]})"
@@ -427,13 +438,3 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]], targeted: bool = False) ->
     summarise as one process's do."""
     columns = {k: [row[k] for row in rows] for k in (rows[0] if rows else ())}
     return summarize_columns(columns, targeted=targeted)
-
-
-def _cell_line(summary: Mapping[str, Any]) -> str:
-    """A cell's console line: its label and headline rates."""
-    keys = ("clean_acc", "robust_acc", "targeted_success" if summary.get("targeted") else "asr")
-    return f"{summary['cell']}: " + ", ".join(f"{k} {summary[k]:.3f}" for k in keys if k in summary)
-
-
-def _nan_last(v: Any) -> float:
-    return -math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)

@@ -9,7 +9,16 @@ Per sample, on :math:`d = x' - x` (over all channels and voxels of the sample):
 - ``ssim``: SSIM of :math:`x'` against :math:`x` (MONAI's ``SSIMMetric``: Gaussian window 11, sigma 1.5,
   data range 1), averaged over channels;
 - ``coverage``: :math:`\\sum m T / \\sum T` for the tumour :math:`T` (NaN without tumour); ``area``: mean of
-  :math:`m`.
+  :math:`m`;
+- ``kspace_energy``: :math:`\\lVert x' - x \\rVert_2 / \\lVert x \\rVert_2`, equal by Parseval to the relative
+  energy :math:`\\lVert \\mathcal{F}(x') - \\mathcal{F}(x) \\rVert_2 / \\lVert \\mathcal{F}(x) \\rVert_2` of the
+  realised k-space change (orthonormal FFT over the spatial axes; NaN when :math:`\\lVert x \\rVert_2 = 0`);
+  the budget of :func:`~medadv_monai.attacks.kspace.kspace` bounds the nominal change, this is the one realised
+  after the magnitude, the clip and the mask;
+- ``field_lo``, ``field_hi``: min and max of :math:`x' / x` over the voxels :math:`\\{x > 0.01,\\ 0 < x' < 1\\}`
+  (``FIELD_MIN_INTENSITY``): the realised multiplicative field where it is observable (not background, not
+  clipped); NaN when no voxel qualifies. For a bias field of range :math:`[1 - \\epsilon, 1 + \\epsilon]` they lie
+  in that range; unchanged voxels (outside a mask, or any clean image) give 1.
 
 Outcomes and summaries (means over samples, never over batches):
 
@@ -38,7 +47,9 @@ from medadv_monai.masks import coverage as mask_coverage
 from medadv_monai.metrics.keys import LABEL_KEY, OUTCOME_KEYS, PERTURBATION_KEYS, TARGET_KEY
 
 __all__ = [
+    "FIELD_MIN_INTENSITY",
     "coverage_bins",
+    "field_extent",
     "label_probability",
     "score_attack",
     "mask_attackable_samples",
@@ -56,6 +67,9 @@ __all__ = [
 CONFIDENCE_Z = 1.959963984540054
 """The standard normal quantile of a two-sided 95% interval."""
 
+FIELD_MIN_INTENSITY = 0.01
+"""Clean intensities at or below it are background for ``field_lo`` / ``field_hi`` (:math:`x' / x` is undefined or
+dominated by noise there)."""
 
 
 def prediction(logits: torch.Tensor) -> torch.Tensor:
@@ -83,6 +97,20 @@ def ssim(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
     return values.reshape(len(x), -1).mean(dim=1)
 
 
+def field_extent(x: torch.Tensor, x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(field_lo, field_hi)``, each ``(N,)``: min and max of :math:`x' / x` over the voxels with
+    :math:`x >` :data:`FIELD_MIN_INTENSITY` and :math:`0 < x' < 1` (all channels), NaN where there is none."""
+    n = x.shape[0]
+    xs, xa = x.detach().float().reshape(n, -1), x_adv.detach().float().reshape(n, -1)
+    seen = (xs > FIELD_MIN_INTENSITY) & (xa > 0) & (xa < 1)
+    ratio = xa / xs.clamp_min(FIELD_MIN_INTENSITY)
+    nan = torch.full((n,), math.nan, device=xs.device)
+    lo = torch.where(seen, ratio, math.inf).amin(dim=1)
+    hi = torch.where(seen, ratio, -math.inf).amax(dim=1)
+    any_seen = seen.any(dim=1)
+    return torch.where(any_seen, lo, nan), torch.where(any_seen, hi, nan)
+
+
 def perturbation_metrics(
     x: torch.Tensor,
     x_adv: torch.Tensor,
@@ -101,6 +129,8 @@ def perturbation_metrics(
     n = x.shape[0]
     d = (x_adv - x).reshape(n, -1)
     nan = torch.full((n,), math.nan, device=x.device)
+    x_norm = x.reshape(n, -1).norm(dim=1)
+    field_lo, field_hi = field_extent(x, x_adv)
     m = None if mask is None else torch.as_tensor(mask, device=x.device).float().expand(n, *mask.shape[1:])
     out = {
         "l0": (d != 0).float().mean(dim=1),
@@ -110,6 +140,9 @@ def perturbation_metrics(
         "ssim": ssim(x, x_adv),
         "coverage": nan if m is None or tumour is None else mask_coverage(m, tumour.to(x.device).float()),
         "area": torch.ones(n, device=x.device) if m is None else mask_area(m),
+        "kspace_energy": torch.where(x_norm > 0, d.norm(dim=1) / x_norm.clamp_min(torch.finfo(x.dtype).tiny), nan),
+        "field_lo": field_lo,
+        "field_hi": field_hi,
     }
     return {k: v.float() for k, v in out.items()}
 

@@ -1,4 +1,5 @@
-"""Image grids, plots, the Grad-CAM figure and the markdown report of an evaluation."""
+"""Image grids, plots, the Grad-CAM figure, the MRI-physics attacks' field figures and the markdown report of an
+evaluation."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from medadv_monai.visualize.figures import (
     plot_tradeoff,
     plot_transfer_matrix,
 )
+from medadv_monai.visualize.physics_figures import physics_change, physics_examples, plot_physics_accuracy
 from medadv_monai.visualize.report import eps_table, markdown_table, write_html
 
 __all__ = [
@@ -20,7 +22,10 @@ __all__ = [
     "eps_table",
     "gradcam_figure",
     "markdown_table",
+    "physics_change",
+    "physics_examples",
     "plot_asr_by_coverage",
+    "plot_physics_accuracy",
     "plot_ranking",
     "plot_robust_accuracy",
     "plot_tradeoff",
