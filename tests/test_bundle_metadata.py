@@ -29,7 +29,8 @@ import pytest
 jsonschema = pytest.importorskip("jsonschema")  # in the `test` extra
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLES = ("brats_slice_classifier", "brats_advgan", "brats_attack_eval", "brats_tumour_segmentation")
+BUNDLES = ("brats_slice_classifier", "brats_advgan", "brats_attack_eval", "brats_tumour_segmentation",
+           "brats_adv_detection")
 SCHEMA_PATH = ROOT / "tests" / "data" / "meta_schema_20240725.json"
 SCHEMA_MD5 = "06954cad2cc5d3784e72077ac76f0fc8"  # of the file as published in the 0.8.1 release copy
 SCHEMA_URL_PREFIX = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"

@@ -30,13 +30,14 @@ from medadv_monai.bundle import BUNDLES_ENV, bundle_path, bundles_dir
 from medadv_monai.errors import MedAdvInputError
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLES = ("brats_slice_classifier", "brats_advgan", "brats_attack_eval", "brats_tumour_segmentation")
+BUNDLES = ("brats_slice_classifier", "brats_advgan", "brats_attack_eval", "brats_tumour_segmentation",
+           "brats_adv_detection")
 SHARE = Path("share") / "medadv-monai" / "bundles"
 # bundle outputs: must never be installed
 OUTPUT_DIRS = ("models", "work", "eval", "runs")
 # the installed medadv-monai's dependencies, whose folders the new venv borrows from this environment
 DEPENDENCIES = ("torch", "monai", "ignite", "nibabel", "itk", "fire", "numpy", "scipy", "skimage", "tensorboard",
-                "yaml", "tqdm", "matplotlib", "markdown", "nilearn")
+                "yaml", "tqdm", "matplotlib", "markdown", "nilearn", "sklearn")
 
 
 def _fake_bundles(root: Path) -> Path:

@@ -2,7 +2,9 @@
 
 :mod:`~medadv_monai.losses.advgan`: AdvGAN's generator and discriminator losses; :mod:`~medadv_monai.losses.robust`:
 adversarial training (PGD-AT, TRADES, MART) as one callable, :class:`AdversarialTrainingLoss`;
-:mod:`~medadv_monai.losses.dense`: dense (segmentation) attack losses reduced per sample, :class:`DenseLoss`.
+:mod:`~medadv_monai.losses.dense`: dense (segmentation) attack losses reduced per sample, :class:`DenseLoss`;
+:mod:`~medadv_monai.losses.hfc`: the hierarchical feature constraint (HFC, Yao et al. 2021) added to any gradient
+attack's loss, :class:`HFCTerm`, :class:`HFCLoss`, :func:`hfc_attack`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from medadv_monai.losses.advgan import (
     perturbation_loss,
 )
 from medadv_monai.losses.dense import DENSE_LOSSES, MEDIS_LOSSES, DenseLoss, lovasz_hinge, medis_losses, soft_dice
+from medadv_monai.losses.hfc import HFCLoss, HFCTerm, hfc_attack
 from medadv_monai.losses.robust import (
     AT_METHODS,
     AdversarialTrainingLoss,
@@ -41,6 +44,8 @@ __all__ = [
     "AdversarialTrainingLoss",
     "DenseLoss",
     "GAN_LOSSES",
+    "HFCLoss",
+    "HFCTerm",
     "MEDIS_LOSSES",
     "PERT_NORMS",
     "AdvGANDiscriminatorLoss",
@@ -52,6 +57,7 @@ __all__ = [
     "eval_mode",
     "generator_gan_loss",
     "gradient_penalty",
+    "hfc_attack",
     "lovasz_hinge",
     "mart_loss",
     "mart_wrong_class",

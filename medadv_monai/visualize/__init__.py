@@ -3,6 +3,7 @@ evaluation."""
 
 from __future__ import annotations
 
+from medadv_monai.visualize.detection_figures import detection_table, plot_roc_curves
 from medadv_monai.visualize.figures import (
     adversarial_grid,
     attack_examples,
@@ -19,6 +20,7 @@ from medadv_monai.visualize.report import eps_table, markdown_table, write_html
 __all__ = [
     "adversarial_grid",
     "attack_examples",
+    "detection_table",
     "eps_table",
     "gradcam_figure",
     "markdown_table",
@@ -28,6 +30,7 @@ __all__ = [
     "plot_physics_accuracy",
     "plot_ranking",
     "plot_robust_accuracy",
+    "plot_roc_curves",
     "plot_tradeoff",
     "plot_transfer_matrix",
     "write_html",
