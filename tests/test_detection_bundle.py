@@ -130,8 +130,9 @@ def test_bu_with_dropout_in_process(bundle, trained_classifier, synth_dir, tmp_p
 
 
 def test_targets_and_predictions_known_answers():
-    from medadv_monai.engines.detection_benchmark import _other_class
-    from medadv_monai.engines.detection_suite import ScoreColumns, predicted_classes
+    from medadv_monai.engines.detection_suite import ScoreColumns
+    from medadv_monai.losses.hfc import most_likely_other_class as _other_class
+    from medadv_monai.metrics import prediction as predicted_classes
 
     single = torch.tensor([[2.0], [-0.5], [0.0]])
     assert predicted_classes(single).tolist() == [1, 0, 0]  # logit > 0 (the threshold is already subtracted)

@@ -79,6 +79,10 @@ def test_hooks_removed_after_success_and_failure_and_graph_kept():
     rec = FeatureRecorder(model, ["1"])
     out = rec(x)
     assert _no_hooks(model) and rec.output is out and rec.features["1"].shape == (2, 4)
+    mixed = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Dropout(0.5)).eval()
+    mixed[1].train()  # MC dropout: the model in eval mode with its dropout in train mode
+    FeatureRecorder(mixed, ["0"])
+    assert not mixed.training and not mixed[0].training and mixed[1].training  # wrapping changes no mode
 
 
 # ------------------------------------------------------------------------------------------------------------ LID
@@ -130,6 +134,18 @@ def test_lid_detector_flags_off_manifold_points():
     assert roc_auc(labels, lid.fit_combiner(feats, labels).score(feats)) > 0.95
     with pytest.raises(ValueError, match="at least reference_size = 100"):
         LIDDetector().fit({"a": pool[:99]})
+
+
+def test_lid_of_a_sample_does_not_depend_on_its_batch():
+    """The reference minibatches are drawn once at fit: a sample's LID is the same alone, in any position of any
+    batch (a slice's clean and adversarial versions meet the same references)."""
+    pool = _subspace_points(3, 300, seed=1)
+    lid = LIDDetector(k=10, reference_size=50, seed=0).fit({"a": pool})
+    queries = _subspace_points(5, 250, seed=4)
+    together = lid.layer_scores({"a": queries})[:, 0]
+    shuffled = torch.randperm(250, generator=torch.Generator().manual_seed(5))
+    np.testing.assert_allclose(lid.layer_scores({"a": queries[shuffled]})[:, 0], together[shuffled.numpy()])
+    np.testing.assert_allclose(lid.layer_scores({"a": queries[7:8]})[:, 0], together[7:8])
 
 
 # ---------------------------------------------------------------------------------------------------- Mahalanobis

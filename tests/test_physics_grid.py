@@ -166,7 +166,10 @@ def test_expand_grid_takes_a_rows_own_eps():
     assert len(expand_grid({"kspace": {"eps": [0.02]}}, [], ["none"], clean=False)) == 1  # grid eps unused
     bad = [({"bias_field": {"eps": [0.1, 1.5]}}, r"eps of grid row 'bias_field' must be a number in \[0, 1\].*1.5"),
            ({"kspace": {"eps": "0.05"}}, r"eps of grid row 'kspace' must be a non-empty list .*got '0.05'"),
-           ({"kspace": {"eps": []}}, r"eps of grid row 'kspace' must be a non-empty list")]
+           ({"kspace": {"eps": []}}, r"eps of grid row 'kspace' must be a non-empty list"),
+           ({"bias_field": {"eps": [0.3, 1.0]}}, r"grid row 'bias_field' \(bias_field\): a field eps must be in "
+                                                r"\(0, 1\), got 1"),
+           ({"kspace": {"eps": [0.0]}}, r"grid row 'kspace' \(kspace\): a kspace eps must be in \(0, 1\], got 0")]
     for attacks, pattern in bad:
         with pytest.raises(MedAdvInputError, match=pattern):
             expand_grid(attacks, [8 / 255], ["none"])

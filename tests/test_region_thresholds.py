@@ -80,7 +80,8 @@ def test_calibration_picks_the_best_dice_threshold_per_region() -> None:
     net.region_thresholds.copy_(torch.tensor([0.4, -1.0]))  # the evaluator's outputs are shifted: added back
     truth = torch.rand(6, 2, 8, 8, generator=g) > 0.6
     # region 0 under-confident on its foreground (best threshold below 0.5), region 1 over-confident
-    prob = torch.where(truth, torch.rand(truth.shape, generator=g) * 0.6 + 0.15, torch.rand(truth.shape, generator=g) * 0.3)
+    prob = torch.where(truth, torch.rand(truth.shape, generator=g) * 0.6 + 0.15,
+                       torch.rand(truth.shape, generator=g) * 0.3)
     prob[:, 1] = torch.where(truth[:, 1], torch.rand(truth[:, 1].shape, generator=g) * 0.2 + 0.8,
                              torch.rand(truth[:, 1].shape, generator=g) * 0.75)
     logits = torch.logit(prob)
@@ -114,4 +115,5 @@ def test_calibration_errors() -> None:
     with pytest.raises(ValueError, match="probabilities in"):
         CalibrateRegionThresholds(net, ["WT", "TC"], grid=[0.0, 0.5])
     with pytest.raises(ValueError, match="2 channels"):
-        _validate(net, [(torch.randn(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))], CalibrateRegionThresholds(net, ["WT", "TC"]))
+        _validate(net, [(torch.randn(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))],
+                  CalibrateRegionThresholds(net, ["WT", "TC"]))

@@ -27,12 +27,12 @@ grid and upsamples it; here it is evaluated at every full-resolution voxel (the 
 ``downsample`` only sets the knot spacing in voxels.
 
 **The attack.** :math:`P_0 \sim U(-\epsilon/10, \epsilon/10)` (``random_start``, drawn from ``generator``) or
-:math:`P_0 = 0`; then for :math:`i = 0 .. \mathrm{steps} - 1`: :math:`P \leftarrow P + s\,\frac{\alpha
-\sqrt{K}}{\sqrt{i + 1}} \, g / \lVert g \rVert_2`, :math:`g = \nabla_P \sum_n L_n(f(x'(P)), y)`, the norm per
-sample over its :math:`K` control points, so :math:`\alpha` is the root-mean-square change of a control point (in
-log-field units) at the first step; by default :math:`\alpha = \log(1 + \epsilon) / 2`, so that ten steps can take
-the field to its bounds and no single step does (:math:`s = +1` untargeted, :math:`-1` targeted: descend towards the
-target). The loss is the core's
+:math:`P_0 = 0`; then for :math:`i = 0 .. \mathrm{steps} - 1`: :math:`P \leftarrow P + s\,\frac{\alpha}{\sqrt{i + 1}}
+\, g / \lVert g \rVert_2`, :math:`g = \nabla_P \sum_n L_n(f(x'(P)), y)`, the norm per sample over all its control
+points, :math:`\alpha = 1` as in AdvBias (:math:`s = +1` untargeted, :math:`-1` targeted: descend towards the
+target). With few control points (a 64 x 64 slice has 16 to 25) a unit step moves each by about
+:math:`\log(1 + 0.3)`, so the field often reaches its bounds within a step or two; a smaller ``alpha`` explores
+more shapes. The loss is the core's
 (:func:`~medadv_monai.attacks._core.prepare`): cross-entropy, BCE for a single logit, or ``loss_fn`` (dense
 segmentation losses included). A sample's result never depends on its batch-mates (apart from where its random start
 is drawn from the generator's stream).
@@ -127,7 +127,7 @@ def bias_field(
     *,
     eps: float | torch.Tensor = 0.3,
     steps: int = 10,
-    alpha: float | None = None,
+    alpha: float = 1.0,
     spacing: int = 64,
     downsample: int = 2,
     shared_across_channels: bool = True,
@@ -148,8 +148,7 @@ def bias_field(
         y: labels ``(N,)`` or, when ``targeted``, targets (or ``loss_fn``'s target, e.g. masks).
         eps: field range :math:`B \in [1 - \epsilon, 1 + \epsilon]`, ``0 < eps < 1``; float or per-sample ``(N,)``.
         steps: gradient steps ``>= 1``.
-        alpha: step size ``> 0``: step :math:`i` changes the control points by :math:`\alpha / \sqrt{i + 1}`
-            root-mean-square (log-field units); ``None``: :math:`\log(1 + \epsilon) / 2`.
+        alpha: step size ``> 0``: step :math:`i` moves the control points by :math:`\alpha / \sqrt{i + 1}` in L2.
         spacing: control-point spacing ``>= 1`` on the downsampled grid.
         downsample: factor ``>= 1`` of that grid (knot spacing ``spacing * downsample`` voxels, at most).
         shared_across_channels: one field for all modalities (a coil's field); ``False``: one per modality.
@@ -173,10 +172,7 @@ def bias_field(
     setup = prepare(model, x, y, eps=1.0, targeted=targeted, mask=mask, loss_fn=loss_fn)
     x, m = setup.x, mask_of(setup.budget)
     e, bases, shape = _field_setup(x, eps, spacing, downsample, shared_across_channels)
-    n = check_steps(steps)
-    a = torch.log1p(torch.as_tensor(e, dtype=x.dtype, device=x.device)) / 2 if alpha is None \
-        else check_positive(alpha, "alpha")
-    a = a * math.sqrt(math.prod(shape[1:]))  # RMS per control point -> L2 over the sample's K control points
+    n, a = check_steps(steps), check_positive(alpha, "alpha")
     return_field = check_bool(return_field, "return_field")
 
     def field(p: torch.Tensor) -> torch.Tensor:

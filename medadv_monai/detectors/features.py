@@ -189,7 +189,8 @@ class FeatureRecorder(nn.Module):
     ``recorder(x)`` returns ``model(x)`` and sets :attr:`features` to ``{layer: (N, C)}`` of that same pass and
     :attr:`output` to its output, so a loss on the logits can add a term on the features (an attack's ``loss_fn``,
     see :func:`~medadv_monai.losses.hfc.hfc_attack`). The hooks live only during the pass; no state is left on
-    ``model``. The recorder is a module holding ``model``: its mode and ``.to()`` reach ``model``.
+    ``model``. The recorder is a module holding ``model``: ``.to()`` and an explicit ``.train()`` / ``.eval()`` reach
+    ``model``; wrapping it changes no submodule's mode (a dropout left in train mode for MC dropout stays so).
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str] | str) -> None:
@@ -198,7 +199,7 @@ class FeatureRecorder(nn.Module):
         self.model = model
         self.features: dict[str, torch.Tensor] = {}
         self.output: Any = None
-        self.train(model.training)  # the recorder reports the mode of the model it wraps
+        self.training = model.training  # report the wrapped model's mode without touching its submodules' modes
 
     def forward(self, x: torch.Tensor) -> Any:
         self.features, self.output = {}, None

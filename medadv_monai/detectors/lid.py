@@ -59,15 +59,17 @@ def lid_mle(points: Any, reference: Any, k: int = 20) -> torch.Tensor:
 class LIDDetector:
     """LID features per layer against clean reference minibatches, combined over layers by logistic regression.
 
-    :meth:`fit` keeps a pool of clean reference features. :meth:`layer_scores` splits the queried samples into
-    consecutive chunks of ``reference_size`` and, for each chunk, draws a reference minibatch of ``reference_size``
-    pool rows (the same rows in every layer, from a generator seeded with ``seed`` at every call, so a call is
-    deterministic). Queries that are pool rows drawn into their own minibatch are skipped as their own neighbour
-    (:func:`lid_mle`).
+    :meth:`fit` keeps a pool of clean reference features and draws ``n_references`` reference minibatches of
+    ``reference_size`` pool rows from it, once (the same rows in every layer, from a generator seeded with
+    ``seed``). :meth:`layer_scores` estimates each sample's LID against every one of them and averages: a sample's
+    score depends on the sample and the fitted pool only, never on its batch-mates or its position among the
+    queries (so a slice's clean, noisy and adversarial versions meet the same references). Queries that are rows of
+    a minibatch are skipped as their own neighbour (:func:`lid_mle`).
 
     Args:
         k: neighbours per estimate (``1 <= k < reference_size``).
         reference_size: size of a reference minibatch.
+        n_references: reference minibatches drawn at :meth:`fit`; a sample's LID is the mean over them.
         seed: seed of the minibatch draws.
 
     Example:
@@ -76,14 +78,16 @@ class LIDDetector:
         >>> s = lid.score(feats_test)  # doctest: +SKIP
     """
 
-    def __init__(self, k: int = 20, reference_size: int = 100, seed: int = 0) -> None:
+    def __init__(self, k: int = 20, reference_size: int = 100, seed: int = 0, n_references: int = 5) -> None:
         self.k = check_int(k, "LID k", 1)
         self.reference_size = check_int(reference_size, "LID reference_size", 2)
         if self.k >= self.reference_size:
             raise MedAdvInputError(f"LID k = {self.k} must be < reference_size = {self.reference_size}")
         self.seed = check_int(seed, "LID seed", 0)
+        self.n_references = check_int(n_references, "LID n_references", 1)
         self.layers: list[str] = []
         self._pool: dict[str, torch.Tensor] = {}
+        self._minibatches: list[torch.Tensor] = []
         self.combiner: LogisticCombiner | None = None
 
     def fit(self, reference: Mapping[str, Any], layers: Sequence[str] | None = None) -> LIDDetector:
@@ -94,6 +98,8 @@ class LIDDetector:
             raise MedAdvInputError(f"the LID reference pool has {m} samples; expected at least reference_size = "
                                    f"{self.reference_size}")
         self.layers, self._pool, self.combiner = list(pool), pool, None
+        g = torch.Generator().manual_seed(self.seed)
+        self._minibatches = [torch.randperm(m, generator=g)[: self.reference_size] for _ in range(self.n_references)]
         return self
 
     def layer_scores(self, features: Mapping[str, Any]) -> np.ndarray:
@@ -102,14 +108,11 @@ class LIDDetector:
             raise MedAdvInputError("LIDDetector.layer_scores before fit")
         feats = as_layer_matrices(features, self.layers, "LID features")
         n = next(iter(feats.values())).shape[0]
-        m = next(iter(self._pool.values())).shape[0]
-        g = torch.Generator().manual_seed(self.seed)
-        out = torch.empty(n, len(self.layers), dtype=torch.float64)
-        for start in range(0, n, self.reference_size):
-            rows = torch.randperm(m, generator=g)[: self.reference_size]
-            stop = min(start + self.reference_size, n)
-            for j, name in enumerate(self.layers):
-                out[start:stop, j] = lid_mle(feats[name][start:stop], self._pool[name][rows], self.k)
+        out = torch.zeros(n, len(self.layers), dtype=torch.float64)
+        for j, name in enumerate(self.layers):
+            for rows in self._minibatches:
+                out[:, j] += lid_mle(feats[name], self._pool[name][rows], self.k)
+        out /= len(self._minibatches)
         return numpy(out)
 
     def fit_combiner(self, features: Mapping[str, Any], is_adversarial: Any) -> LIDDetector:

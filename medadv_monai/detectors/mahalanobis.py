@@ -105,9 +105,10 @@ class MahalanobisDetector:
         if layer not in self.means:
             raise MedAdvInputError(f"no Mahalanobis statistics for layer {layer!r}: fit first (layers {self.layers})")
         mu = self.means[layer].to(f.device)
+        if f.ndim != 2 or f.shape[1] != mu.shape[1]:
+            raise MedAdvInputError(f"layer {layer!r} features have shape {tuple(f.shape)}; expected "
+                                   f"(N, {mu.shape[1]}), the channels it was fitted on")
         diff = f.to(torch.float64)[:, None, :] - mu[None]
-        if diff.shape[2] != mu.shape[1]:
-            raise MedAdvInputError(f"layer {layer!r} features have {f.shape[1]} channels; fitted on {mu.shape[1]}")
         return torch.einsum("nkd,de,nke->nk", diff, self.precisions[layer].to(f.device), diff)
 
     def confidence_from_features(self, features: Mapping[str, Any]) -> np.ndarray:

@@ -49,11 +49,12 @@ from sklearn.metrics import roc_curve
 from medadv_monai.attacks import default_alpha, pgd
 from medadv_monai.detectors import detection_metrics, detection_set, extract_features_and_outputs, resolve_layers
 from medadv_monai.detectors import uniform_noise as noisy_copy
-from medadv_monai.engines.detection_suite import DETECTORS, DetectorSuite, ScoreColumns, predicted_classes
+from medadv_monai.engines.detection_suite import DETECTORS, DetectorSuite, ScoreColumns
 from medadv_monai.engines.grid_shards import batch_indices, derived_seed
 from medadv_monai.errors import MedAdvInputError
-from medadv_monai.handlers import model_description
-from medadv_monai.losses.hfc import HFCTerm, hfc_attack
+from medadv_monai.handlers import model_description, network_description
+from medadv_monai.losses.hfc import HFCTerm, hfc_attack, most_likely_other_class
+from medadv_monai.metrics import prediction
 from medadv_monai.settings import check_settings
 from medadv_monai.utils import save_csv, save_json, save_text
 from medadv_monai.utils.checks import check_bool, check_int, check_nonneg, check_positive
@@ -73,7 +74,7 @@ from medadv_monai.visualize.detection_figures import ATTACK_LABELS, detection_ta
 __all__ = ["ATTACK_ROWS", "DetectionBenchmark", "check_detection_settings"]
 
 ATTACK_ROWS: tuple[str, ...] = ("pgd", "pgd_targeted", "pgd_hfc")
-DETECTION_FORMAT = 1  # raise when a cell file's layout or meaning changes
+DETECTION_FORMAT = 2  # raise when a cell file's layout or meaning changes
 SPLIT_NAMES = ("training", "validation", "test")
 
 
@@ -206,6 +207,7 @@ class DetectionBenchmark:
             slices[split] = {"count": len(picked), "digest": fingerprint(picked)[:16]}
         return {"format": DETECTION_FORMAT, "eps": eps, "settings": self.settings, "slices": slices,
                 "classifier": model_description(self.network, self.classifier_ckpt),
+                "architecture": network_description(self.network),  # dropout rates have no weights
                 "preprocessing": settings_only(describe(self.datasets["test"].transform))}
 
     # ------------------------------------------------------------------------------------------ attacks
@@ -214,7 +216,7 @@ class DetectionBenchmark:
         """The adversarial slices (CPU) of attack row ``name`` on ``x`` with true classes ``y`` and clean ``logits``.
         Batch ``b``'s random start is seeded from (seed, tag, eps, b), the same for every row."""
         targeted = name != "pgd"
-        target = _other_class(logits, y) if targeted else y
+        target = most_likely_other_class(logits, y) if targeted else y
         model, loss_fn = (hfc_attack(self.network, self.hfc, targeted=True) if name == "pgd_hfc"
                           else (self.network, None))
         alpha = self.settings["pgd_alpha"] or default_alpha(eps)
@@ -233,8 +235,8 @@ class DetectionBenchmark:
         """``(success (N,) bool, the columns of the successful adversarial slices or None)``."""
         adv = self.attack(name, clean.x, clean.y, logits, eps, tag)
         feats, adv_logits = self.forward(adv)
-        pred = predicted_classes(adv_logits)
-        success = (pred == _other_class(logits, clean.y)) if name != "pgd" else (pred != clean.y)
+        pred = prediction(adv_logits)
+        success = (pred == most_likely_other_class(logits, clean.y)) if name != "pgd" else (pred != clean.y)
         ok = success.numpy()
         if not ok.any():
             return ok, None
@@ -269,7 +271,7 @@ class DetectionBenchmark:
         parts = {}
         for name, part in (("fit", comb), ("test", test)):
             feats, logits = self.forward(part.x)
-            ok = torch.from_numpy(np.flatnonzero((predicted_classes(logits) == part.y).numpy()))
+            ok = torch.from_numpy(np.flatnonzero((prediction(logits) == part.y).numpy()))
             if len(ok) == 0:
                 raise MedAdvInputError(f"the classifier gets none of the {len(part.y)} {name} slices right: there "
                                        "is nothing to attack (train it first, or check the checkpoint)")
@@ -411,11 +413,3 @@ class DetectionBenchmark:
         lines.append(provenance_markdown(provenance(self.output_dir, seed=self.seed, classifier_checkpoint=checkpoint,
                                                     scikit_learn=sklearn.__version__)))
         return "\n".join(lines)
-
-
-def _other_class(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The target of the targeted rows: ``1 - y`` for a single logit, else the most likely class other than ``y``
-    on the clean logits."""
-    if logits.shape[1] == 1:
-        return 1 - y
-    return logits.scatter(1, y[:, None], -float("inf")).argmax(1)

@@ -37,19 +37,12 @@ from medadv_monai.detectors import (
     bu_unavailable,
 )
 from medadv_monai.errors import MedAdvInputError
+from medadv_monai.metrics import prediction
 
-__all__ = ["DETECTORS", "DetectorSuite", "ScoreColumns", "predicted_classes"]
+__all__ = ["DETECTORS", "DetectorSuite", "ScoreColumns"]
 
 DETECTORS: tuple[str, ...] = ("KD", "BU", "LID", "Mahalanobis", "KD+BU")
 """The detectors, in the order of every table."""
-
-
-def predicted_classes(logits: torch.Tensor) -> torch.Tensor:
-    """``(N,)`` int64 class ids: ``logit > 0`` for a single logit ``(N, 1)`` (the classifier's decision rule, its
-    threshold already subtracted in eval mode), the arg max for ``(N, K)`` logits."""
-    if logits.ndim != 2:
-        raise MedAdvInputError(f"the classifier must return (N, 1) or (N, K) logits, got shape {tuple(logits.shape)}")
-    return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
 
 
 @dataclass
@@ -128,7 +121,7 @@ class DetectorSuite:
 
     def columns(self, x: torch.Tensor, features: Mapping[str, torch.Tensor], logits: torch.Tensor) -> ScoreColumns:
         """The raw columns of slices ``x`` (CPU) whose features and logits were extracted in the same passes."""
-        predicted = predicted_classes(logits)
+        predicted = prediction(logits)
         if self.maha.magnitude == 0:
             maha = self.maha.confidence_from_features(features)
         else:  # pre-processing needs the input gradient of each layer's score

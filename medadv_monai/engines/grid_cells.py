@@ -134,6 +134,11 @@ def expand_grid(
         if True in targeted and is_random_baseline(attack):
             raise MedAdvInputError(f"grid row {name!r} ({attack}) is a random draw, which has no target, but targeted "
                                    f"is {targeted}; run the grid with targeted: [false] or leave the row out")
+        budget = budget_name(attack)
+        for e in row_eps if budget != "linf" else ():  # a field in [1 - eps, 1 + eps], a k-space change <= eps ||F(x)||
+            if not (0 < e < 1 or (budget == "kspace" and e == 1)):
+                raise MedAdvInputError(f"grid row {name!r} ({attack}): a {budget} eps must be in (0, 1"
+                                       f"{']' if budget == 'kspace' else ')'}, got {e:g}")
         for e, m, t in itertools.product(row_eps, masks, targeted):
             params = {k: v(e) if k in PER_EPS and callable(v) else v for k, v in spec.items()}
             params.pop("attack", None)

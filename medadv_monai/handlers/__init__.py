@@ -16,9 +16,10 @@ from medadv_monai.handlers.determinism import SeedEpochs
 from medadv_monai.handlers.image_grid import AttackImageGrid
 from medadv_monai.handlers.mask_writer import SubjectMaskWriter
 from medadv_monai.handlers.region_metrics import RegionMeanDice, SubjectDice, region_channel, region_dice_metrics
+from medadv_monai.handlers.region_threshold import REGION_THRESHOLD_GRID, CalibrateRegionThresholds
 from medadv_monai.handlers.sample_recorder import PerSampleRecorder
 from medadv_monai.handlers.slice_images import TumourSliceImages
-from medadv_monai.handlers.threshold import REGION_THRESHOLD_GRID, CalibrateRegionThresholds, CalibrateThreshold
+from medadv_monai.handlers.threshold import CalibrateThreshold
 from medadv_monai.handlers.transfer import (
     SliceModel,
     TransferScorer,

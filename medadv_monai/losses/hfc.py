@@ -45,7 +45,7 @@ from medadv_monai.detectors.features import FeatureRecorder
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.utils.checks import check_bool, check_int, check_nonneg, check_positive
 
-__all__ = ["HFCLoss", "HFCTerm", "hfc_attack"]
+__all__ = ["HFCLoss", "HFCTerm", "hfc_attack", "most_likely_other_class"]
 
 
 class HFCTerm:
@@ -187,7 +187,7 @@ def _default_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out, y.reshape(-1).long(), reduction="none")
 
 
-def _wrong_class(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def most_likely_other_class(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The most likely class other than ``y`` (``1 - y`` for a single logit), without gradient."""
     with torch.no_grad():
         y = y.reshape(-1).long()
@@ -232,7 +232,7 @@ class HFCLoss:
         base = self.base_loss(output, y)
         if self.targeted:
             return base + self.term(self.recorder.features, y)
-        return base - self.term(self.recorder.features, _wrong_class(output, torch.as_tensor(y)))
+        return base - self.term(self.recorder.features, most_likely_other_class(output, torch.as_tensor(y)))
 
 
 def hfc_attack(model: nn.Module, term: HFCTerm, *, targeted: bool = True, base_loss: LossFn | None = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medadv_monai.errors import MedAdvInputError
+
 __all__ = ["ThresholdedNetwork"]
 
 
@@ -28,7 +30,7 @@ class ThresholdedNetwork(nn.Module):
     def __init__(self, network: nn.Module, out_channels: int) -> None:
         super().__init__()
         if int(out_channels) < 1:
-            raise ValueError(f"ThresholdedNetwork: out_channels must be >= 1, got {out_channels!r}")
+            raise MedAdvInputError(f"ThresholdedNetwork: out_channels must be >= 1, got {out_channels!r}")
         self.network = network
         self.register_buffer("region_thresholds", torch.zeros(int(out_channels)))
 
@@ -37,8 +39,8 @@ class ThresholdedNetwork(nn.Module):
         if self.training:
             return logits
         if logits.shape[1] != len(self.region_thresholds):
-            raise ValueError(f"ThresholdedNetwork: the network gave {logits.shape[1]} channels, the thresholds are "
-                             f"for {len(self.region_thresholds)}")
+            raise MedAdvInputError(f"ThresholdedNetwork: the network gave {logits.shape[1]} channels, the thresholds "
+                                   f"are for {len(self.region_thresholds)}")
         return logits - self.region_thresholds.view(1, -1, *([1] * (logits.ndim - 2)))
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
