@@ -150,3 +150,20 @@ def keep_modalities(src: Path, dst: Path, keep: tuple[str, ...], n: int | None =
         for key in (*keep, "seg"):
             shutil.copy(d / f"{d.name}_{key}.nii.gz", dst / d.name)
     return dst
+
+
+def gen(seed: int = 0):
+    """A CPU ``torch.Generator`` seeded with ``seed``."""
+    import torch
+
+    return torch.Generator().manual_seed(seed)
+
+
+def brain(shape: tuple[int, ...], seed: int = 0):
+    """A toy image: random intensities in [0.2, 0.8] inside a centred box, exactly 0 outside (the background)."""
+    import torch
+
+    x = torch.zeros(shape)
+    inner = (slice(None), slice(None)) + tuple(slice(s // 4, s - s // 4) for s in shape[2:])
+    x[inner] = 0.2 + 0.6 * torch.rand(x[inner].shape, generator=gen(seed))
+    return x

@@ -21,20 +21,9 @@ from medadv_monai.attacks.bias_field import (
 )
 from medadv_monai.attacks.kspace import kspace, kspace_support, random_kspace, relative_kspace_energy
 from medadv_monai.errors import MedAdvInputError
+from tests.helpers import brain, gen
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (conftest)
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def brain(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
-    """Random intensities in [0.2, 0.8] inside a centred box, exactly 0 outside (the background)."""
-    x = torch.zeros(shape)
-    inner = (slice(None), slice(None)) + tuple(slice(s // 4, s - s // 4) for s in shape[2:])
-    x[inner] = 0.2 + 0.6 * torch.rand(x[inner].shape, generator=gen(seed))
-    return x
 
 
 def conv_model(dims: int, c: int, k: int, seed: int = 0) -> nn.Module:

@@ -38,23 +38,11 @@ from medadv_monai.engines.grid_report import eps_text, eps_value, physics_sectio
 from medadv_monai.errors import MedAdvInputError
 from medadv_monai.metrics import SUMMARY_COLUMNS, perturbation_metrics, summarize
 from medadv_monai.visualize import markdown_table, physics_change, physics_examples, plot_physics_accuracy
-from tests.helpers import ATTACK_EVAL_BUNDLE, run_cli, workflow
+from tests.helpers import ATTACK_EVAL_BUNDLE, brain, gen, run_cli, workflow
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread (conftest)
 
 PHYSICS = {"biasfield": "field", "randombiasfield": "field", "kspace": "kspace", "randomkspace": "kspace"}
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def brain(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
-    """Intensities in [0.2, 0.8] inside a centred box, exactly 0 outside."""
-    x = torch.zeros(shape)
-    inner = (slice(None), slice(None)) + tuple(slice(s // 4, s - s // 4) for s in shape[2:])
-    x[inner] = 0.2 + 0.6 * torch.rand(x[inner].shape, generator=gen(seed))
-    return x
 
 
 def tiny_model(c: int = 1) -> nn.Module:
