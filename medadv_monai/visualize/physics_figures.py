@@ -80,8 +80,7 @@ def physics_examples(samples: Mapping[str, Any], path: str | os.PathLike, budget
                   (diff[i], DIFFERENCE_CMAP, (0, scale), f"|x' - x| (max {scale:.3g})")]
         for c, (image, cm, (lo, hi), text) in enumerate(panels):
             ax = axes[i][c]
-            colours = plt.get_cmap(cm).copy()
-            colours.set_bad("lightgrey")
+            colours = plt.get_cmap(cm).with_extremes(bad="lightgrey")
             im = ax.imshow(image, cmap=colours, vmin=lo, vmax=hi)
             ax.set_title(text, fontsize=7)
             ax.set_xticks([])
